@@ -1,0 +1,3 @@
+from physsample.cli import main
+
+main()

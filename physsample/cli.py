@@ -1,0 +1,89 @@
+"""The ``physsample`` command: composes hydra configs, instantiates and calls the library.
+
+Usage::
+
+    physsample                          # the main job on the default system
+    physsample system=lj13              # another system
+    physsample --help                   # hydra's help: config groups and options
+
+User errors (bad config values, unknown names, malformed files) end with one line on
+stderr and exit code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from physsample.errors import UserError
+
+__all__ = ["main", "CONFIG_DIR"]
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _fail(message: str) -> None:
+    print(f"physsample: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _check_group_choices(argv: list[str]) -> None:
+    """Fail early, in one line, on an override naming a config that does not exist."""
+    for arg in argv:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        group_dir = CONFIG_DIR / key
+        if not sep or not group_dir.is_dir() or (group_dir / f"{value}.yaml").exists():
+            continue
+        choices = sorted(p.stem for p in group_dir.glob("*.yaml"))
+        noun = "system" if key == "system" else f"{key} config"
+        _fail(f"unknown {noun} '{value}'; available: {', '.join(choices)}")
+
+
+def _stage_summary(cfg: DictConfig) -> None:
+    from physsample.systems.describe import describe
+
+    system = instantiate(cfg.system)
+    print(describe(system, n=int(cfg.n_eval), seed=int(cfg.seed)))
+
+
+STAGES = {"summary": _stage_summary}
+
+
+def _user_error(err: BaseException) -> UserError | None:
+    """The UserError behind ``err`` (hydra's instantiate wraps exceptions), if any."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, UserError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _run(cfg: DictConfig) -> None:
+    stage = STAGES.get(str(cfg.stage))
+    if stage is None:
+        _fail(f"unknown stage '{cfg.stage}'; available: {', '.join(STAGES)}")
+    try:
+        stage(cfg)
+    except Exception as err:
+        user_error = _user_error(err)
+        if user_error is None:
+            raise
+        _fail(str(user_error))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    if not CONFIG_DIR.is_dir():
+        _fail(f"config folder {CONFIG_DIR} not found; install physsample with 'pip install -e .'")
+    _check_group_choices(sys.argv[1:])
+    hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")(_run)()
+
+
+if __name__ == "__main__":
+    main()
