@@ -10,7 +10,17 @@ torch.Size([1])
 
 from __future__ import annotations
 
+from physsample.systems.alanine_dipeptide import AlanineDipeptide
 from physsample.systems.base import ParticleSystem, System
+from physsample.systems.openmm_system import OpenMMSystem
 from physsample.systems.registry import available, get, register
 
-__all__ = ["System", "ParticleSystem", "available", "get", "register"]
+__all__ = [
+    "System",
+    "ParticleSystem",
+    "OpenMMSystem",
+    "AlanineDipeptide",
+    "available",
+    "get",
+    "register",
+]

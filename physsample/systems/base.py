@@ -118,6 +118,15 @@ class System(torch.nn.Module):
             (grad,) = torch.autograd.grad(self._energy(xg).sum(), xg)
         return -grad
 
+    def energy_and_force(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Energy (batch,) and force (batch, dim) from one evaluation, without graphs."""
+        x = self.check_positions(x)
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            energy = self._energy(xg)
+            (grad,) = torch.autograd.grad(energy.sum(), xg)
+        return energy.detach(), -grad
+
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """grad log_prob(x) = force(x), shape (batch, dim)."""
         return self.force(x)
@@ -203,6 +212,11 @@ class ParticleSystem(System):
         from ``x`` (shape (dim,) or (1, dim)) or from :meth:`default_positions`;
         2-D systems are embedded at z = 0. The OpenMM potential energy in kJ/mol
         equals ``energy(x)`` at the system's temperature (kT = 1 kJ/mol).
+
+        An :class:`~physsample.systems.openmm_system.OpenMMSystem` is the exception: its
+        OpenMM system is in physical units, to be simulated at ``self.temperature``
+        kelvin, and its energy in kJ/mol equals ``energy(x) * self.kt``. MD code should
+        therefore always use ``self.temperature``.
         """
         raise NotImplementedError(f"system '{self.name}' has no OpenMM counterpart")
 
