@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from physsample import systems
+from physsample import mcmc, systems
 from physsample.errors import UserError
+from physsample.samples import Samples
 
-__all__ = ["systems", "UserError"]
+__all__ = ["systems", "mcmc", "Samples", "UserError"]
 __version__ = "0.1.0"
