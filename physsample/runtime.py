@@ -22,7 +22,9 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError) as err:
-        raise ConfigError(f"device '{name}' is not a valid torch device; use auto, cpu or cuda") from err
+        raise ConfigError(
+            f"device '{name}' is not a valid torch device; use auto, cpu or cuda"
+        ) from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' asked for, but CUDA is not available; use device=cpu")
     return device

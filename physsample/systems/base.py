@@ -52,6 +52,8 @@ class System(torch.nn.Module):
         if int(dim) < 1:
             raise ShapeError(f"{type(self).__name__}: dim must be a positive integer, got {dim}")
         self.dim = int(dim)
+        # an empty buffer that follows .to(device), so that ``device`` is always known
+        self.register_buffer("_device_anchor", torch.zeros(0), persistent=False)
 
     # -- to implement -------------------------------------------------------------
     def _energy(self, x: torch.Tensor) -> torch.Tensor:
@@ -149,9 +151,8 @@ class System(torch.nn.Module):
 
     @property
     def device(self) -> torch.device:
-        for t in list(self.buffers()) + list(self.parameters()):
-            return t.device
-        return torch.device("cpu")
+        """The device the system's tensors live on (follows ``system.to(device)``)."""
+        return self._device_anchor.device
 
     def summary(self) -> dict[str, Any]:
         """A few facts about the system, for printing."""

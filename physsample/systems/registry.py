@@ -71,8 +71,7 @@ def _lookup(name: str) -> tuple[str | Callable[..., System], dict[str, Any]]:
         if match:
             return target, {key: int(match.group(1))}
     raise UnknownSystemError(
-        f"unknown system '{name}'; available: {', '.join(available())} "
-        "(also manywell<d> and lj<n>)"
+        f"unknown system '{name}'; available: {', '.join(available())} (also manywell<d> and lj<n>)"
     )
 
 
