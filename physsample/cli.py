@@ -50,7 +50,30 @@ def _stage_summary(cfg: DictConfig) -> None:
     print(describe(system, n=int(cfg.n_eval), seed=int(cfg.seed)))
 
 
-STAGES = {"summary": _stage_summary}
+def _stage_mcmc(cfg: DictConfig) -> None:
+    from physsample.mcmc.reference import format_diagnostics, run_reference
+    from physsample.samples import Samples
+
+    path = Path(cfg.run_dir) / "reference.h5"
+    if path.exists():
+        print(f"reusing reference samples in {path}")
+        samples = Samples.load(path)
+    else:
+        system = instantiate(cfg.system)
+        sampler = instantiate(cfg.mcmc)
+        samples = run_reference(system, sampler, n_chains=int(cfg.n_chains), seed=int(cfg.seed))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        samples.save(path)
+        print(f"wrote {path}")
+    print(format_diagnostics(samples))
+
+
+def _stage_main(cfg: DictConfig) -> None:
+    _stage_summary(cfg)
+    _stage_mcmc(cfg)
+
+
+STAGES = {"main": _stage_main, "summary": _stage_summary, "mcmc": _stage_mcmc}
 
 
 def _user_error(err: BaseException) -> UserError | None:

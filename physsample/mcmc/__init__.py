@@ -17,8 +17,13 @@ from physsample.mcmc.diagnostics import (
 )
 from physsample.mcmc.hmc import hmc
 from physsample.mcmc.mala import mala
+from physsample.mcmc.md import MDError, run_md
+from physsample.mcmc.replica_exchange import run_replica_exchange
 
 __all__ = [
+    "run_md",
+    "run_replica_exchange",
+    "MDError",
     "mala",
     "hmc",
     "integrated_autocorr_time",
