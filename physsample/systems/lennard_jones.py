@@ -93,7 +93,9 @@ class LennardJones(ParticleSystem):
     ) -> tuple[openmm.System, openmm.unit.Quantity]:
         """Return ``(openmm.System, positions)`` in reduced units.
 
-        One ``CustomNonbondedForce`` without cutoff over all pairs. The centre-of-mass
+        One ``CustomBondForce`` with a bond for every pair (on the Reference platform
+        about 20x faster for LJ-13 than a ``CustomNonbondedForce`` without cutoff, and
+        the same energy). The centre-of-mass
         term is written as a pair term too, using
         sum_i |x_i - mean x|^2 = (1/N) sum_{i<j} |x_i - x_j|^2 (equal masses).
         Positions are in nm; the potential energy in kJ/mol equals :meth:`energy`
@@ -110,14 +112,15 @@ class LennardJones(ParticleSystem):
 
     def _openmm_system(self) -> openmm.System:
         system = openmm.System()
-        force = openmm.CustomNonbondedForce("2*eps*(s6^2 - 2*s6) + kc*r^2; s6 = (rm/r)^6")
-        force.setNonbondedMethod(openmm.CustomNonbondedForce.NoCutoff)
+        force = openmm.CustomBondForce("2*eps*(s6^2 - 2*s6) + kc*r^2; s6 = (rm/r)^6")
         force.addGlobalParameter("eps", self.epsilon)
         force.addGlobalParameter("rm", self.r_m)
         force.addGlobalParameter("kc", self.harmonic / self.n_particles)
         for _ in range(self.n_particles):
             system.addParticle(1.0)
-            force.addParticle([])
+        for i in range(self.n_particles):
+            for j in range(i + 1, self.n_particles):
+                force.addBond(i, j, [])
         system.addForce(force)
         return system
 
