@@ -6,7 +6,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from physsample import Samples
 from physsample.cli import CONFIG_DIR
 
 
@@ -37,7 +39,7 @@ def test_unknown_system_is_one_line_exit_2():
 
 def test_user_error_inside_a_stage_is_one_line(tmp_path):
     # manywell needs an even dimension: the ConfigError is raised inside hydra's instantiate
-    out = run_cli("system=manywell32", "+system.dim=7", f"hydra.run.dir={tmp_path}")
+    out = run_cli("system=manywell32", "+system.dim=7", f"run_dir={tmp_path}")
     assert out.returncode == 2, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "Traceback" not in out.stderr
@@ -45,7 +47,27 @@ def test_user_error_inside_a_stage_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("name", ["gmm25", "dw4"])
 def test_summary_stage_prints_the_system(name, tmp_path):
-    out = run_cli(f"system={name}", "n_eval=200", f"hydra.run.dir={tmp_path}")
+    out = run_cli(f"system={name}", "stage=summary", "n_eval=200", f"run_dir={tmp_path}")
     assert out.returncode == 0, out.stderr
     assert f"name: {name}" in out.stdout
     assert "mean energy" in out.stdout or "OpenMM" in out.stdout
+
+
+def test_mcmc_stage_writes_reference_and_reuses_it(tmp_path):
+    args = ("system=gmm25", "stage=mcmc", "mcmc.n_samples=256", f"run_dir={tmp_path}")
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    samples = Samples.load(tmp_path / "reference.h5")
+    assert samples.x.shape == (256, 2) and samples.metadata["sampler"] == "mala"
+    assert "acceptance" in first.stdout
+    second = run_cli(*args)
+    assert second.returncode == 0 and "reusing" in second.stdout
+    torch.testing.assert_close(Samples.load(tmp_path / "reference.h5").x, samples.x)
+
+
+def test_main_job_runs_summary_then_md(tmp_path):
+    out = run_cli("mcmc.n_samples=200", f"run_dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    assert "name: dw4" in out.stdout and "OpenMM" in out.stdout
+    samples = Samples.load(tmp_path / "reference.h5")
+    assert samples.x.shape == (200, 8) and samples.metadata["sampler"] == "run_md"
