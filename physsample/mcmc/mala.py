@@ -75,16 +75,14 @@ def project_fn(system: System) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def log_prob_and_grad(system: System, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(x) (C,) and grad log p(x) (C, d) from one autograd pass over ``system.log_prob``.
+    """log p(x) (C,) and grad log p(x) (C, d) from one evaluation (``energy_and_force``).
 
     Equivalent to ``(system.log_prob(x), system.score(x))`` at the cost of one energy
-    evaluation instead of two. Rows with a non-finite log p are later rejected.
+    evaluation instead of two (one OpenMM pass for an OpenMMSystem). Rows with a
+    non-finite log p are later rejected.
     """
-    with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
-        lp = system.log_prob(xg)
-        (grad,) = torch.autograd.grad(lp.sum(), xg)
-    return lp.detach(), project_fn(system)(grad)
+    energy, force = system.energy_and_force(x.detach())
+    return -energy, project_fn(system)(force)
 
 
 def finite_or_reject(log_alpha: torch.Tensor) -> torch.Tensor:

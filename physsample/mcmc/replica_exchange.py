@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
-import logging
 import shutil
 import tempfile
 import time
@@ -65,6 +63,7 @@ from physsample.mcmc.md import (
     resolve_platform,
 )
 from physsample.samples import Samples
+from physsample.systems.openmm_io import quiet_openmmtools
 
 __all__ = ["run_replica_exchange", "temperature_ladder"]
 
@@ -159,19 +158,6 @@ def _seed_global_generators(seed: int) -> None:
     seeder = _numba_seeder()
     if seeder is not None:
         seeder(seed)
-
-
-@contextlib.contextmanager
-def _quiet_openmmtools():
-    """Silence openmmtools' experimental-API warnings and citation banner."""
-    logger = logging.getLogger("openmmtools")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logger.setLevel(level)
 
 
 # -- the run ----------------------------------------------------------------------------
@@ -404,7 +390,7 @@ def run_replica_exchange(
     )
     default = np.asarray(positions.value_in_unit(u.nanometer), dtype=np.float64)
     starts = _start_positions(system, x0, len(ladder), default)
-    with _quiet_openmmtools(), _restored_numpy_random():
+    with quiet_openmmtools(), _restored_numpy_random():
         _seed_global_generators(int(seed))
         x, energies, replica, stats, n_min = _run(
             omm_system, ladder, settings, platform_obj, starts, progress

@@ -21,6 +21,7 @@ import numpy as np
 import openmm.unit as u
 import torch
 
+from physsample.systems.openmm_io import quiet_openmmtools
 from physsample.systems.openmm_system import OpenMMSystem
 
 __all__ = ["AlanineDipeptide", "backbone_dihedral_indices"]
@@ -28,9 +29,10 @@ __all__ = ["AlanineDipeptide", "backbone_dihedral_indices"]
 
 def _openmmtools_aldp():
     """The openmmtools test system (imported lazily: openmmtools is slow to import)."""
-    from openmmtools.testsystems import AlanineDipeptideVacuum
+    with quiet_openmmtools():
+        from openmmtools.testsystems import AlanineDipeptideVacuum
 
-    return AlanineDipeptideVacuum(constraints=None)
+        return AlanineDipeptideVacuum(constraints=None)
 
 
 def backbone_dihedral_indices(

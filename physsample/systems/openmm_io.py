@@ -6,13 +6,24 @@ Lengths are in nm, energies in kJ/mol on the OpenMM side. Flat positions of a
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+from collections.abc import Iterator
+
 import mdtraj
 import numpy as np
 import openmm
 import openmm.unit as u
 import torch
 
-__all__ = ["particle_topology", "positions_to_openmm", "openmm_energy", "make_context"]
+__all__ = [
+    "particle_topology",
+    "positions_to_openmm",
+    "openmm_energy",
+    "make_context",
+    "quiet_openmmtools",
+]
 
 
 def particle_topology(n_particles: int, residue_name: str = "PAR") -> mdtraj.Topology:
@@ -46,3 +57,19 @@ def openmm_energy(system: openmm.System, positions, platform: str = "Reference")
     context.setPositions(positions)
     state = context.getState(getEnergy=True)
     return state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
+
+
+@contextlib.contextmanager
+def quiet_openmmtools() -> Iterator[None]:
+    """Silence openmmtools' (and pymbar's) import banners and experimental-API warnings.
+
+    Exceptions still propagate; only what is printed inside the block is dropped.
+    """
+    logger = logging.getLogger("openmmtools")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
