@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from physsample import diffusion, mcmc, nets, systems
+from physsample import diffusion, mcmc, methods, nets, systems
 from physsample.errors import UserError
 from physsample.samples import Samples
 
-__all__ = ["systems", "mcmc", "diffusion", "nets", "Samples", "UserError"]
+__all__ = ["systems", "mcmc", "diffusion", "methods", "nets", "Samples", "UserError"]
 __version__ = "0.1.0"

@@ -246,7 +246,8 @@ class Trainer:
         if log:
             log.write(row)
         bar.update(1)
-        shown = {key: f"{row[key]:.4g}" for key in ("loss", "ess", "log_z") if key in row}
+        keys = ("loss", "ess", "log_z", "n_dropped")
+        shown = {key: f"{row[key]:.4g}" for key in keys if key in row}
         bar.set_postfix(shown, refresh=False)
 
     def _diverged_message(self) -> str:

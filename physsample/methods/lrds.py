@@ -1,0 +1,197 @@
+"""LRDS, learned-reference diffusion sampling: a reference fitted to MCMC data, corrected.
+
+1. Approximate samples of the target: given (any :class:`~physsample.samples.Samples`,
+   e.g. OpenMM MD output, or a tensor), or drawn here by torch MALA started from the
+   system's known modes (:func:`~physsample.mcmc.reference.starting_points`).
+2. A reference process fitted to them: by default a Gaussian mixture
+   (:func:`~physsample.diffusion.fit_gmm`, number of components given or chosen by BIC)
+   noised by a variance-preserving OU (:class:`~physsample.diffusion.LinearVPSchedule`),
+   whose marginals p_t^ref and score are closed form. Any fitted object with the
+   reference interface of :mod:`physsample.diffusion.references` (e.g. a score
+   network trained by denoising score matching) can be passed instead.
+3. The sampler starts from the reference's own noised law p_0^ref, sampled exactly, and
+   its score estimate is s_theta = grad log p_t^ref + phi_theta with phi_theta zero at
+   initialisation: the untrained sampler follows the reference, and training (log-variance
+   loss by default) only corrects it. The path weights correct what the data got wrong,
+   e.g. the mode proportions of MCMC chains that never crossed a barrier.
+
+Noble, Grenioux, Gabrie & Durmus, "Learned reference-based diffusion sampling for
+multi-modal distributions", ICLR 2025.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from physsample.diffusion import GMM, GaussianMixtureReference, LinearVPSchedule
+from physsample.errors import ConfigError, ShapeError
+from physsample.methods.base import DiffusionSampler
+from physsample.samples import Samples
+
+__all__ = ["LRDS"]
+
+_REFERENCE_INTERFACE = ("schedule", "space", "sample_prior", "prior_log_prob", "base_control")
+
+
+def is_reference(obj: Any) -> bool:
+    """Whether ``obj`` has the reference interface (schedule, space, prior, base control)."""
+    return all(hasattr(obj, name) for name in _REFERENCE_INTERFACE)
+
+
+class LRDS(DiffusionSampler):
+    """Learned-reference diffusion sampler.
+
+    Parameters
+    ----------
+    system
+        The target.
+    reference
+        What the reference is built from:
+
+        - :class:`~physsample.samples.Samples` or a tensor (n, dim) of approximate
+          samples (weighted Samples are first resampled by weight);
+        - a :class:`~physsample.diffusion.GMM` (in the space's coordinates), used as is;
+        - a fitted reference object (e.g. a
+          :class:`~physsample.diffusion.GaussianMixtureReference`), used as is, with its
+          own schedule;
+        - None: run MALA from the system's modes (or default configuration) first.
+    n_components
+        Mixture components; None chooses by BIC in 1..``max_components``.
+    covariance
+        ``"full"`` or ``"diag"`` mixture covariances.
+    max_components
+        Upper end of the BIC search; None: max(10, number of system modes).
+    beta_min, beta_max, horizon, sigma
+        The VP-OU schedule that noises the mixture (sigma: its stationary scale).
+    mcmc_steps, mcmc_chains, mcmc_thin
+        MALA when ``reference`` is None: steps per chain after warmup, number of chains
+        (None: max(64, 4 x number of modes)) and thinning.
+    fit_options
+        More keyword arguments of :func:`~physsample.diffusion.fit_gmm` (``n_init``,
+        ``max_iter``, ``tol``, ``reg_covar``, ``seed``; the seed defaults to ``seed``).
+        ``n_init`` defaults to 10 EM restarts rather than 3: with many well separated
+        modes a single k-means++ start often merges two modes into one broad component,
+        whose mass between the modes gives rare trajectories with very low log w; the
+        log-variance loss then chases those (on gmm25 the ESS fell from 0.79 to 0.65
+        in 300 steps with such a fit, and stayed at 0.89 with a good one).
+    **options
+        Shared options of :class:`~physsample.methods.base.DiffusionSampler` (the
+        log-variance loss is the default).
+
+    Attributes
+    ----------
+    reference_samples : Samples or None
+        The data the mixture was fitted to (not saved with the sampler).
+
+    Examples
+    --------
+    >>> import physsample as ps                                  # doctest: +SKIP
+    >>> system = ps.systems.get("gmm25")                         # doctest: +SKIP
+    >>> sampler = LRDS(system, n_components=25).fit(200)         # MALA from the modes
+    >>> sampler.log_z(10_000)                                    # doctest: +SKIP
+    """
+
+    method_name = "lrds"
+
+    def __init__(
+        self,
+        system,
+        reference: Samples | torch.Tensor | GMM | Any | None = None,
+        *,
+        n_components: int | None = None,
+        covariance: str = "full",
+        max_components: int | None = None,
+        beta_min: float = 0.1,
+        beta_max: float = 5.0,
+        horizon: float = 1.0,
+        sigma: float = 1.0,
+        mcmc_steps: int = 1000,
+        mcmc_chains: int | None = None,
+        mcmc_thin: int = 10,
+        fit_options: dict[str, Any] | None = None,
+        **options,
+    ) -> None:
+        self._reference_input = reference
+        self.reference_samples = None
+        self.method_settings = {
+            "n_components": n_components,
+            "covariance": covariance,
+            "max_components": max_components,
+            "schedule": {"beta_min": beta_min, "beta_max": beta_max, "horizon": horizon},
+            "sigma": sigma,
+            "mcmc": {"steps": mcmc_steps, "chains": mcmc_chains, "thin": mcmc_thin},
+            "fit_options": {"n_init": 10, **(fit_options or {})},
+        }
+        super().__init__(system, **options)
+        del self._reference_input
+
+    def build_reference(self):
+        given = self._reference_input
+        if is_reference(given):  # its own schedule; beta_min ... sigma do not apply
+            self.method_settings["reference"] = f"{type(given).__name__}({given.schedule!r})"
+            return given
+        m = self.method_settings
+        schedule = LinearVPSchedule(**m["schedule"], sigma=m["sigma"])
+        if isinstance(given, GMM):
+            self.method_settings["reference"] = "GMM"
+            return GaussianMixtureReference(schedule, given, self.space)
+        x = self._data(given)
+        ref = GaussianMixtureReference.fit(
+            x,
+            schedule,
+            self.space,
+            n_components=m["n_components"],
+            covariance=m["covariance"],
+            max_components=m["max_components"] or max(10, self._n_modes()),
+            **{"seed": int(self.settings["seed"]), **m["fit_options"]},
+        )
+        self.method_settings["reference"] = {"n_samples": x.shape[0], **ref.gmm.fit_info}
+        return ref
+
+    def _n_modes(self) -> int:
+        modes = getattr(self.system, "modes", None)
+        return 0 if modes is None else len(modes)
+
+    def _data(self, given) -> torch.Tensor:
+        """Positions (n, dim) to fit the mixture to."""
+        if given is None:
+            given = self._run_mcmc()
+        if isinstance(given, Samples):
+            if given.log_weights is not None:
+                g = torch.Generator(given.device).manual_seed(int(self.settings["seed"]))
+                given = given.resample(len(given), generator=g)
+            self.reference_samples = given
+            given = given.x
+        if isinstance(given, np.ndarray):
+            given = torch.from_numpy(given)
+        if not isinstance(given, torch.Tensor):
+            raise ConfigError(
+                "LRDS reference must be Samples, a tensor (n, dim), a GMM, a fitted "
+                f"reference or None; got {type(given).__name__}"
+            )
+        if given.ndim != 2 or given.shape[1] != self.system.dim:
+            raise ShapeError(
+                f"LRDS reference samples must have shape (n, {self.system.dim}), "
+                f"got {tuple(given.shape)}"
+            )
+        return given
+
+    def _run_mcmc(self) -> Samples:
+        """MALA from the system's modes (or default configuration)."""
+        from physsample.mcmc import mala
+        from physsample.mcmc.reference import starting_points
+
+        mc, seed = self.method_settings["mcmc"], int(self.settings["seed"])
+        chains = int(mc["chains"] or max(64, 4 * self._n_modes()))
+        x0 = starting_points(self.system, chains, seed=seed)
+        return mala(
+            self.system,
+            x0,
+            n_steps=int(mc["steps"]),
+            thin=int(mc["thin"]),
+            seed=seed,
+            progress=bool(self.settings["progress"]),
+        )
