@@ -17,7 +17,7 @@ from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from physsample.errors import UserError
 
@@ -47,33 +47,59 @@ def _stage_summary(cfg: DictConfig) -> None:
     from physsample.systems.describe import describe
 
     system = instantiate(cfg.system)
-    print(describe(system, n=int(cfg.n_eval), seed=int(cfg.seed)))
+    print(describe(system, n=int(cfg.n_eval), seed=int(cfg.seed)), flush=True)
 
 
 def _stage_mcmc(cfg: DictConfig) -> None:
-    from physsample.mcmc.reference import format_diagnostics, run_reference
-    from physsample.samples import Samples
+    from physsample.pipeline import mcmc_stage
 
-    path = Path(cfg.run_dir) / "reference.h5"
-    if path.exists():
-        print(f"reusing reference samples in {path}")
-        samples = Samples.load(path)
-    else:
-        system = instantiate(cfg.system)
-        sampler = instantiate(cfg.mcmc)
-        samples = run_reference(system, sampler, n_chains=int(cfg.n_chains), seed=int(cfg.seed))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        samples.save(path)
-        print(f"wrote {path}")
-    print(format_diagnostics(samples))
+    system = instantiate(cfg.system)
+    sampler = instantiate(cfg.mcmc)
+    mcmc_stage(cfg.run_dir, system, sampler, n_chains=int(cfg.n_chains), seed=int(cfg.seed))
+
+
+def _train_options(cfg: DictConfig) -> dict:
+    options = OmegaConf.to_container(cfg.train, resolve=True)
+    for key in ("steps", "n_samples", "sample_batch_size"):
+        options.pop(key)
+    return dict(options, device=cfg.device, seed=int(cfg.seed))
+
+
+def _stage_train(cfg: DictConfig) -> None:
+    from physsample.pipeline import train_stage
+
+    system = instantiate(cfg.system)
+    method = instantiate(cfg.method)
+    train_stage(
+        cfg.run_dir, system, method, steps=int(cfg.train.steps), options=_train_options(cfg)
+    )
+
+
+def _stage_sample(cfg: DictConfig) -> None:
+    from physsample.pipeline import sample_stage
+
+    sample_stage(
+        cfg.run_dir,
+        instantiate(cfg.system),
+        n_samples=int(cfg.train.n_samples),
+        batch_size=cfg.train.sample_batch_size,
+        seed=int(cfg.seed),
+        device=cfg.device,
+    )
 
 
 def _stage_main(cfg: DictConfig) -> None:
-    _stage_summary(cfg)
-    _stage_mcmc(cfg)
+    for stage in (_stage_summary, _stage_mcmc, _stage_train, _stage_sample):
+        stage(cfg)
 
 
-STAGES = {"main": _stage_main, "summary": _stage_summary, "mcmc": _stage_mcmc}
+STAGES = {
+    "main": _stage_main,
+    "summary": _stage_summary,
+    "mcmc": _stage_mcmc,
+    "train": _stage_train,
+    "sample": _stage_sample,
+}
 
 
 def _user_error(err: BaseException) -> UserError | None:

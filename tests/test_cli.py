@@ -65,9 +65,40 @@ def test_mcmc_stage_writes_reference_and_reuses_it(tmp_path):
     torch.testing.assert_close(Samples.load(tmp_path / "reference.h5").x, samples.x)
 
 
-def test_main_job_runs_summary_then_md(tmp_path):
-    out = run_cli("mcmc.n_samples=200", f"run_dir={tmp_path}")
+def test_main_job_runs_every_stage_on_dw4(tmp_path):
+    tiny = ("method.n_steps=8", "train.steps=2", "train.batch_size=16", "train.n_samples=64")
+    out = run_cli("mcmc.n_samples=200", f"run_dir={tmp_path}", "method=dis", *tiny)
     assert out.returncode == 0, out.stderr
     assert "name: dw4" in out.stdout and "OpenMM" in out.stdout
-    samples = Samples.load(tmp_path / "reference.h5")
-    assert samples.x.shape == (200, 8) and samples.metadata["sampler"] == "run_md"
+    reference = Samples.load(tmp_path / "reference.h5")
+    assert reference.x.shape == (200, 8) and reference.metadata["sampler"] == "run_md"
+    samples = Samples.load(tmp_path / "samples.h5")
+    assert samples.x.shape == (64, 8) and samples.metadata["method"] == "dis"
+
+
+def test_train_then_sample_stages_reuse_and_resume(tmp_path):
+    common = (
+        "system=gmm25",
+        "method=dis",
+        "method.n_steps=8",
+        "train.steps=4",
+        "train.batch_size=32",
+        "train.checkpoint_every=2",
+        "train.n_samples=128",
+        f"run_dir={tmp_path}",
+    )
+    train = run_cli("stage=train", *common)
+    assert train.returncode == 0, train.stderr
+    assert (tmp_path / "sampler.pt").exists() and (tmp_path / "train.csv").exists()
+    sample = run_cli("stage=sample", *common)
+    assert sample.returncode == 0, sample.stderr
+    samples = Samples.load(tmp_path / "samples.h5")
+    assert samples.x.shape == (128, 2) and samples.log_weights.shape == (128,)
+    again = run_cli("stage=train", *common)
+    assert "reusing the trained sampler" in again.stdout
+
+
+def test_sample_stage_without_training_is_a_one_line_error(tmp_path):
+    out = run_cli("stage=sample", "system=gmm25", f"run_dir={tmp_path}")
+    assert out.returncode == 2
+    assert "stage=train" in out.stderr and "Traceback" not in out.stderr

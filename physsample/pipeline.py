@@ -1,0 +1,126 @@
+"""The stages of the main job as plain functions over a run directory.
+
+Each stage reads what the previous one wrote in ``run_dir`` and writes its own output
+there; a stage whose output exists is not run again (delete the file to redo it), and an
+interrupted training stage resumes from its checkpoints. The hydra entry point
+(:mod:`physsample.cli`) only instantiates the configured objects and calls these.
+
+==========  ==========================  ==========================================
+stage       reads                       writes
+==========  ==========================  ==========================================
+mcmc        –                           ``reference.h5`` (Samples)
+train       ``reference.h5`` (LRDS)     ``checkpoints/``, ``train.csv``, ``sampler.pt``
+sample      ``sampler.pt``              ``samples.h5`` (Samples with log-weights)
+==========  ==========================  ==========================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from physsample.errors import ConfigError
+from physsample.mcmc.reference import format_diagnostics, run_reference
+from physsample.samples import Samples
+from physsample.systems.base import System
+
+__all__ = ["REFERENCE", "SAMPLER", "SAMPLES", "mcmc_stage", "train_stage", "sample_stage"]
+
+REFERENCE, SAMPLER, SAMPLES = "reference.h5", "sampler.pt", "samples.h5"
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def mcmc_stage(
+    run_dir: str | Path,
+    system: System,
+    sampler: Callable | None,
+    *,
+    n_chains: int = 64,
+    seed: int = 0,
+) -> Samples:
+    """Reference samples in ``run_dir/reference.h5`` (reused if present); prints diagnostics."""
+    path = Path(run_dir) / REFERENCE
+    if path.exists():
+        _say(f"reusing reference samples in {path}")
+        samples = Samples.load(path)
+    else:
+        samples = run_reference(system, sampler, n_chains=n_chains, seed=seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        samples.save(path)
+        _say(f"wrote {path}")
+    _say(format_diagnostics(samples))
+    return samples
+
+
+def _needs_reference(method: Callable) -> bool:
+    from physsample.methods.lrds import LRDS
+
+    target = getattr(method, "func", method)
+    return isinstance(target, type) and issubclass(target, LRDS)
+
+
+def train_stage(
+    run_dir: str | Path,
+    system: System,
+    method: Callable[..., Any],
+    *,
+    steps: int,
+    options: dict[str, Any] | None = None,
+):
+    """Build ``method(system, **options)``, train it for ``steps`` and save ``sampler.pt``.
+
+    LRDS gets ``reference=`` the run's ``reference.h5`` when it exists (else it runs
+    MALA itself). Checkpoints go to ``run_dir/checkpoints`` and the log to
+    ``run_dir/train.csv``, so a killed run resumes where it stopped.
+    """
+    from physsample.methods.base import DiffusionSampler
+
+    run_dir = Path(run_dir)
+    path = run_dir / SAMPLER
+    if path.exists():
+        _say(f"reusing the trained sampler in {path}")
+        return DiffusionSampler.load(path, system=system)
+    kwargs = dict(
+        options or {}, checkpoint_dir=run_dir / "checkpoints", log_csv=run_dir / "train.csv"
+    )
+    reference = run_dir / REFERENCE
+    if _needs_reference(method) and reference.exists():
+        kwargs["reference"] = Samples.load(reference)
+    sampler = method(system, **kwargs)
+    sampler.fit(int(steps))
+    sampler.save(path)
+    _say(f"wrote {path}")
+    return sampler
+
+
+def sample_stage(
+    run_dir: str | Path,
+    system: System,
+    *,
+    n_samples: int,
+    batch_size: int | None = None,
+    seed: int = 0,
+    device: str | None = None,
+) -> Samples:
+    """Draw ``n_samples`` weighted samples from ``run_dir/sampler.pt`` into ``samples.h5``."""
+    from physsample.methods.base import DiffusionSampler
+
+    run_dir = Path(run_dir)
+    path = run_dir / SAMPLES
+    if path.exists():
+        _say(f"reusing samples in {path}")
+        samples = Samples.load(path)
+    else:
+        if not (run_dir / SAMPLER).exists():
+            raise ConfigError(f"no trained sampler in {run_dir}; run stage=train there first")
+        overrides = {} if device is None else {"device": device}
+        sampler = DiffusionSampler.load(run_dir / SAMPLER, system=system, **overrides)
+        samples = sampler.sample(int(n_samples), generator=int(seed), batch_size=batch_size)
+        samples.save(path)
+        _say(f"wrote {path}")
+    _say(format_diagnostics(samples))
+    return samples
