@@ -290,7 +290,7 @@ def test_method_and_train_configs_instantiate(name):
 
     configs = Path(__file__).resolve().parents[2] / "configs"
     with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
-        overrides = [f"+method={name}", "+train=default", "method.n_steps=5"]
+        overrides = [f"method={name}", "train=default", "method.n_steps=5"]
         cfg = compose("config", overrides=overrides)
     train = OmegaConf.to_container(cfg.train, resolve=True)
     steps, n_samples = train.pop("steps"), train.pop("n_samples")
