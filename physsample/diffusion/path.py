@@ -285,6 +285,46 @@ def _log_weights_graph(process, control_fn, target_log_prob, states) -> torch.Te
     return log_w
 
 
+def _take(values: torch.Tensor, ks: list[int], dim: int = 0) -> torch.Tensor:
+    """values at indices ``ks`` along ``dim``: a view for consecutive steps, else a stack.
+
+    Python indices only, so nothing is copied from the host to the device.
+    """
+    if ks == list(range(ks[0], ks[0] + len(ks))):
+        return values.narrow(dim, ks[0], len(ks))
+    return torch.stack([values.select(dim, k) for k in ks], dim=dim)
+
+
+def _log_forward_block(process, c, ks: list[int], states, control_fn) -> torch.Tensor:
+    """log F_k(x_{k+1} | x_k) for the steps ``ks``, shape (len(ks), B), in ONE control call.
+
+    The rows (t_k, x_k) of all the steps are stacked into one batch of len(ks) * B rows,
+    step-major, so the network runs once per chunk instead of once per step.
+    """
+    m, (b, _, dim) = len(ks), states.shape
+    x = _take(states, ks, dim=1).transpose(0, 1).reshape(m * b, dim)
+    x_next = _take(states, [k + 1 for k in ks], dim=1).transpose(0, 1).reshape(m * b, dim)
+
+    def per_row(values: torch.Tensor) -> torch.Tensor:  # (m,) -> (m * B,), step-major
+        return _take(values, ks)[:, None].expand(m, b).reshape(m * b)
+
+    u = process.space.project(control_fn(per_row(c.times), x))
+    mean = per_row(c.state_factor)[:, None] * x + per_row(c.control_factor)[:, None] * u
+    return process.space.log_normal(x_next, mean, per_row(c.variance)).reshape(m, b)
+
+
+def _log_weights_chunked(process, control_fn, target_log_prob, states, chunk) -> torch.Tensor:
+    """log w from states as :func:`_log_weights_graph`, the control called once per chunk."""
+    c = process.coefficients(states.dtype, states.device)
+    log_w = target_log_prob(states[:, -1]) - process.log_prior(states[:, 0])
+    for k in range(process.n_steps):
+        log_w = log_w + process.log_backward(c, k, states[:, k], states[:, k + 1])
+    for start in range(0, process.n_steps, chunk):
+        ks = list(range(start, min(start + chunk, process.n_steps)))
+        log_w = log_w - _log_forward_block(process, c, ks, states, control_fn).sum(dim=0)
+    return log_w
+
+
 def _default_params(process: GenerativeProcess, control_fn: ControlFn) -> list[torch.Tensor]:
     params = list(process.reference.parameters())
     if isinstance(control_fn, nn.Module):
@@ -320,6 +360,8 @@ def log_weights_from_states(
         the log-weights are computed without a graph and the backward pass recomputes
         the control-dependent terms (log rho_0 and log F_k) ``chunk`` steps at a time,
         so memory stays at that of the states plus one chunk. The gradient is the same.
+        Each chunk's steps are stacked into one control call of ``chunk * B`` rows, so
+        the control must act row by row (no batch statistics).
     params
         Tensors to differentiate in chunked mode; default: the parameters of
         ``control_fn`` (if an ``nn.Module``) and of the reference. Pass them when the
@@ -349,7 +391,9 @@ def log_weights_from_states(
     params = [p for p in params if p.requires_grad]
     if log_weights is None:
         with torch.no_grad():
-            log_weights = _log_weights_graph(process, control_fn, target_log_prob, states)
+            log_weights = _log_weights_chunked(
+                process, control_fn, target_log_prob, states, int(chunk)
+            )
     steps = list(range(process.n_steps)) if steps is None else [int(k) for k in steps]
 
     def backward(grad: torch.Tensor) -> list[torch.Tensor]:
@@ -385,8 +429,9 @@ def _chunked_gradients(
 ) -> list[torch.Tensor]:
     """Gradients of sum_i grad_i log w_i wrt params, chunk of steps by chunk of steps.
 
-    Only log rho_0 and log F_k depend on the parameters. Non-finite states (of paths
-    whose loss gradient is zero) are zeroed so that they cannot turn the sum into NaN.
+    Only log rho_0 and log F_k depend on the parameters; each chunk's log F_k come from
+    one control call (:func:`_log_forward_block`). Non-finite states (of paths whose
+    loss gradient is zero) are zeroed so that they cannot turn the sum into NaN.
     """
     total = [torch.zeros_like(p) for p in params]
     if not params:
@@ -397,9 +442,8 @@ def _chunked_gradients(
     with torch.enable_grad():
         _accumulate(total, -process.log_prior(states[:, 0]), params, grad)
         for start in range(0, len(steps), chunk):
-            term = 0.0
-            for k in steps[start : start + chunk]:
-                term = term - process.log_forward(c, k, states[:, k], states[:, k + 1], control_fn)
+            ks = steps[start : start + chunk]
+            term = -_log_forward_block(process, c, ks, states, control_fn).sum(dim=0)
             _accumulate(total, term, params, grad * scale)
     return total
 

@@ -71,12 +71,12 @@ class LRDS(DiffusionSampler):
         (None: max(64, 4 x number of modes)) and thinning.
     fit_options
         More keyword arguments of :func:`~physsample.diffusion.fit_gmm` (``n_init``,
-        ``max_iter``, ``tol``, ``reg_covar``, ``seed``; the seed defaults to ``seed``).
-        ``n_init`` defaults to 10 EM restarts rather than 3: with many well separated
-        modes a single k-means++ start often merges two modes into one broad component,
-        whose mass between the modes gives rare trajectories with very low log w; the
-        log-variance loss then chases those (on gmm25 the ESS fell from 0.79 to 0.65
-        in 300 steps with such a fit, and stayed at 0.89 with a good one).
+        ``init_means``, ``search``, ``max_iter``, ``tol``, ``reg_covar``, ``seed``; the
+        seed defaults to ``seed``). When LRDS runs MALA from the system's modes itself,
+        the modes are the ``init_means`` (in the space's coordinates): one EM run then
+        puts one component on each mode, where a random start can merge two of many
+        well separated modes into one broad component, whose mass between the modes
+        gives rare trajectories with very low log w that the log-variance loss chases.
     **options
         Shared options of :class:`~physsample.methods.base.DiffusionSampler` (the
         log-variance loss is the default).
@@ -115,6 +115,7 @@ class LRDS(DiffusionSampler):
         **options,
     ) -> None:
         self._reference_input = reference
+        self._mcmc_starts = None
         self.reference_samples = None
         self.method_settings = {
             "n_components": n_components,
@@ -123,10 +124,10 @@ class LRDS(DiffusionSampler):
             "schedule": {"beta_min": beta_min, "beta_max": beta_max, "horizon": horizon},
             "sigma": sigma,
             "mcmc": {"steps": mcmc_steps, "chains": mcmc_chains, "thin": mcmc_thin},
-            "fit_options": {"n_init": 10, **(fit_options or {})},
+            "fit_options": dict(fit_options or {}),
         }
         super().__init__(system, **options)
-        del self._reference_input
+        del self._reference_input, self._mcmc_starts
 
     def build_reference(self):
         given = self._reference_input
@@ -139,6 +140,10 @@ class LRDS(DiffusionSampler):
             self.method_settings["reference"] = "GMM"
             return GaussianMixtureReference(schedule, given, self.space)
         x = self._data(given)
+        options = {"seed": int(self.settings["seed"]), **m["fit_options"]}
+        seeded = self._mcmc_starts is not None and "init_means" not in options
+        if seeded:
+            options["init_means"] = self._mcmc_starts
         ref = GaussianMixtureReference.fit(
             x,
             schedule,
@@ -146,9 +151,10 @@ class LRDS(DiffusionSampler):
             n_components=m["n_components"],
             covariance=m["covariance"],
             max_components=m["max_components"] or max(10, self._n_modes()),
-            **{"seed": int(self.settings["seed"]), **m["fit_options"]},
+            **options,
         )
-        self.method_settings["reference"] = {"n_samples": x.shape[0], **ref.gmm.fit_info}
+        info = {"n_samples": x.shape[0], "seeded_from_modes": seeded, **ref.gmm.fit_info}
+        self.method_settings["reference"] = info
         return ref
 
     def _n_modes(self) -> int:
@@ -180,10 +186,16 @@ class LRDS(DiffusionSampler):
         return given
 
     def _run_mcmc(self) -> Samples:
-        """MALA from the system's modes (or default configuration)."""
+        """MALA from the system's modes (or default configuration).
+
+        With modes, they are kept (in the space's coordinates) to seed the mixture fit.
+        """
         from physsample.mcmc import mala
         from physsample.mcmc.reference import starting_points
 
+        if self._n_modes():
+            modes = torch.as_tensor(self.system.modes).detach().to("cpu", torch.float64)
+            self._mcmc_starts = self.space.to_coords(self.space.project(modes))
         mc, seed = self.method_settings["mcmc"], int(self.settings["seed"])
         chains = int(mc["chains"] or max(64, 4 * self._n_modes()))
         x0 = starting_points(self.system, chains, seed=seed)

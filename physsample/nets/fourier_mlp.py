@@ -150,7 +150,7 @@ class FourierMLP(nn.Module):
         """
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ShapeError(f"FourierMLP expects x of shape (B, {self.dim}), got {tuple(x.shape)}")
-        t = self._broadcast_time(t, x)
+        t = self._time_rows(t, x)  # (B,), or (1,) for a time shared by the batch
         out = self.body(self.x_embed(x) + self.time_embed(t))
         if self.score_gain is None:
             if score is not None:
@@ -166,13 +166,28 @@ class FourierMLP(nn.Module):
 
     @staticmethod
     def _broadcast_time(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        """t as a (B,) tensor in x's dtype and device (a scalar is expanded)."""
+        return FourierMLP._time_rows(t, x).expand(x.shape[0])
+
+    @staticmethod
+    def _time_rows(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+        """The rows of t to embed: (B,), or (1,) when one time is shared by the batch.
+
+        A scalar, or a (B,) tensor expanded from one (stride 0, as the sampler's step
+        loop passes ``t_k.expand(B)``), is embedded once and broadcast over the batch;
+        a row's embedding does not depend on the others, so the output equals the
+        per-row one. The test looks at strides only: it never synchronises a GPU.
+        """
+        if not isinstance(t, torch.Tensor):
+            t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         if t.ndim == 2 and t.shape[1] == 1:
             t = t[:, 0]
-        if t.ndim == 0:
-            return t.expand(x.shape[0])
-        if t.shape != (x.shape[0],):
+        if t.ndim > 1 or (t.ndim == 1 and t.shape != (x.shape[0],)):
             raise ShapeError(
                 f"t must be a scalar or of shape ({x.shape[0]},), got {tuple(t.shape)}"
             )
-        return t
+        if t.ndim == 0:
+            t = t.reshape(1)
+        elif t.shape[0] > 1 and t.stride(0) == 0:
+            t = t[:1]
+        return t.to(dtype=x.dtype, device=x.device)

@@ -201,3 +201,50 @@ def test_an_integer_grid_is_the_uniform_grid_on_the_horizon():
     process = D.GenerativeProcess(reference, 4)
     torch.testing.assert_close(process.grid, D.uniform_grid(4, 2.0))
     assert "n_steps=4" in repr(process)
+
+
+class CountingControl(torch.nn.Module):
+    """Wraps a control and records the batch size of every call."""
+
+    def __init__(self, inner) -> None:
+        super().__init__()
+        self.inner, self.calls = inner, []
+
+    def forward(self, t, x):
+        self.calls.append(x.shape[0])
+        return self.inner(t, x)
+
+
+def test_each_chunk_of_steps_is_one_control_call():
+    target, reference, process, net = _setup("dis", n_steps=7)
+    control = CountingControl(net)
+    out = _simulate(process, control, target, n=16)
+    control.calls.clear()
+    log_w = D.log_weights_from_states(process, control, target.log_prob, out.states, chunk=3)
+    assert control.calls == [48, 48, 16]  # forward recompute: steps 0-2, 3-5, 6
+    control.calls.clear()
+    D.log_variance_loss(log_w)[0].backward()
+    assert control.calls == [48, 48, 16]
+    torch.testing.assert_close(log_w.detach(), out.log_weights)
+
+
+@pytest.mark.parametrize("kind", ["dds", "gmm"])
+def test_gradient_of_a_scattered_step_subset_equals_the_per_step_one(kind):
+    """Non-consecutive steps are stacked, not sliced: compare with one log F_k at a time."""
+    target, reference, process, net = _setup(kind, n_steps=7, com_free=kind == "gmm")
+    control = D.residual_control(reference, net)
+    params = list(net.parameters())
+    out = _simulate(process, control, target, n=64, noise_scale=1.3)
+    steps = [0, 2, 3, 6]
+    chunked = D.log_weights_from_states(
+        process, control, target.log_prob, out.states, chunk=3, params=params, steps=steps
+    )
+    got = _grads(D.log_variance_loss(chunked)[0], params)
+    c = process.coefficients(F64, "cpu")
+    x = out.states
+    log_f = sum(process.log_forward(c, k, x[:, k], x[:, k + 1], control) for k in steps)
+    surrogate = -process.log_prior(x[:, 0]) - (7 / len(steps)) * log_f
+    log_w = out.log_weights + surrogate - surrogate.detach()
+    expected = _grads(D.log_variance_loss(log_w)[0], params)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e)

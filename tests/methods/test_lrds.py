@@ -65,6 +65,7 @@ def test_untrained_lrds_with_a_fitted_gmm_has_high_ess():
     data = system.sample_exact(5000, torch.Generator().manual_seed(0))
     sampler = LRDS(system, reference=data, n_components=25, n_steps=100, **FAST)
     assert sampler.reference.gmm.n_components == 25
+    assert not sampler.method_settings["reference"]["seeded_from_modes"]  # data given
     out = sampler.sample(4000, generator=1)
     assert out.metadata["ess"] > 0.8, out.metadata
     se = log_z_standard_error(out)
@@ -76,6 +77,12 @@ def test_short_training_on_gmm25_gets_log_z_and_mode_weights():
     system = ps.systems.get("gmm25")
     sampler = LRDS(system, n_components=25, mcmc_steps=200, n_steps=50, lr=3e-3, **FAST)
     assert len(sampler.reference_samples) == 100 * 20  # 4 chains per mode, 200 / 10 kept
+    # MALA ran from the modes, which seed the mixture fit: one component per mode (80
+    # correlated samples per mode: the means are off by up to ~0.2; a merged pair by 2.5)
+    assert sampler.method_settings["reference"]["seeded_from_modes"]
+    nearest = torch.cdist(system.modes.double(), sampler.reference.gmm.means).min(dim=1)
+    assert sorted(nearest.indices.tolist()) == list(range(25))
+    assert float(nearest.values.max()) < 0.5
     untrained = sampler.log_z(4000, generator=2)
     sampler.fit(30)
     out = sampler.sample(10_000, generator=3)

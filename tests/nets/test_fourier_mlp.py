@@ -124,3 +124,41 @@ def test_float64_forward_and_gradcheck():
     out = net(t, x, score=s)
     assert out.dtype == torch.float64
     assert torch.autograd.gradcheck(lambda x, s: net(t, x, score=s), (x, s))
+
+
+def _random_net(score_input: bool, dtype: torch.dtype) -> FourierMLP:
+    torch.manual_seed(0)
+    net = FourierMLP(DIM, hidden=16, n_layers=2, score_input=score_input).to(dtype)
+    with torch.no_grad():
+        for param in net.parameters():
+            param.add_(0.3 * torch.randn_like(param))
+    return net
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("score_input", [False, True])
+def test_shared_time_is_embedded_once_and_equals_the_per_row_output(score_input, dtype):
+    """A scalar or expanded t (the step loop's t_k.expand(B)) embeds one row, broadcast."""
+    net = _random_net(score_input, dtype)
+    _, x, s = _inputs(batch=9, dtype=dtype)
+    kwargs = {"score": s} if score_input else {}
+    rows = []
+    net.time_embed.register_forward_hook(lambda module, inputs, out: rows.append(out.shape[0]))
+    t_k = torch.tensor(0.37, dtype=dtype)
+    per_row = net(t_k.repeat(9), x, **kwargs)  # contiguous: the per-row path
+    for shared in (t_k.expand(9), t_k, 0.37, t_k.expand(9, 1)):
+        torch.testing.assert_close(net(shared, x, **kwargs), per_row)
+    assert rows == [9, 1, 1, 1, 1]
+    # gradients too (the embedding's are summed over the batch by the broadcast)
+    grads = [torch.autograd.grad(net(t, x, **kwargs).sum(), list(net.parameters()))
+             for t in (t_k.repeat(9), t_k.expand(9))]  # fmt: skip
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_broadcast_time_still_gives_one_time_per_row():
+    x = torch.zeros(4, DIM)
+    assert FourierMLP._broadcast_time(0.5, x).shape == (4,)
+    assert FourierMLP._broadcast_time(torch.full((4, 1), 0.5), x).shape == (4,)
+    with pytest.raises(ShapeError, match="t must be"):
+        FourierMLP._broadcast_time(torch.zeros(3), x)
