@@ -9,6 +9,7 @@ and ``save(path)`` / ``Method.load(path)``.
 - :class:`DDS`: stationary OU from N(0, sigma^2) (Gaussian reference).
 - :class:`DIS`: variance-preserving OU with linear beta (Gaussian reference).
 - :class:`LRDS`: a reference fitted to MCMC data (Gaussian mixture), corrected by training.
+- :class:`GMP`: DIS with a learned Gaussian-mixture prior and horizon, refined iteratively.
 
 Example
 -------
@@ -23,6 +24,7 @@ from __future__ import annotations
 from physsample.methods.base import DiffusionSampler, ResidualControl, SamplerFileError
 from physsample.methods.dds import DDS
 from physsample.methods.dis import DIS
+from physsample.methods.gmp import GMP
 from physsample.methods.lrds import LRDS
 from physsample.methods.pis import PIS
 from physsample.methods.training import Trainer, TrainingDivergedError
@@ -35,6 +37,7 @@ __all__ = [
     "DDS",
     "DIS",
     "LRDS",
+    "GMP",
     "Trainer",
     "TrainingDivergedError",
 ]

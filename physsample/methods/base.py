@@ -258,13 +258,17 @@ class DiffusionSampler:
             reference.requires_grad_(False)
         self.model = ResidualControl(reference, net.to(self.dtype))
         s = self.settings
-        make_grid = {"uniform": uniform_grid, "cosine": cosine_grid}[s["grid"]]
-        grid = make_grid(self.n_steps, reference.schedule.horizon)
-        self.process = GenerativeProcess(reference, grid, s["integrator"])
+        self.process = self._build_process(reference)
         trainer_keys = ("lr", "lr_schedule", "warmup", "grad_clip", "ema_decay", "seed")
         trainer_keys += ("checkpoint_dir", "checkpoint_every", "log_csv", "progress")
         options = {key: s[key] for key in trainer_keys}
         self.trainer = Trainer(self.model, self._loss, device=self.device, **options)
+
+    def _build_process(self, reference):
+        """The discretised process of ``reference`` (a hook: GMP builds its own)."""
+        make_grid = {"uniform": uniform_grid, "cosine": cosine_grid}[self.settings["grid"]]
+        grid = make_grid(self.n_steps, reference.schedule.horizon)
+        return GenerativeProcess(reference, grid, self.settings["integrator"])
 
     @property
     def reference(self):
@@ -301,16 +305,36 @@ class DiffusionSampler:
         return self._lv_loss(model, generator, step)
 
     def _rollout(self, model, generator, noise_scale=1.0, keep_states=True):
+        return self._simulate(
+            model, self._target, self.batch_size, generator, noise_scale, keep_states
+        )
+
+    def _simulate(self, model, target_log_prob, n, generator, noise_scale=1.0, keep_states=True):
+        """Trajectories of the process under ``model`` (a hook: GMP simulates its own)."""
         return simulate(
             self.process,
             model,
-            self._target,
-            self.batch_size,
+            target_log_prob,
+            n,
             generator=generator,
             noise_scale=noise_scale,
             keep_states=keep_states,
             dtype=self.dtype,
             device=self.device,
+        )
+
+    def _path_log_weights(self, model, states, final_log_prob, log_weights, steps):
+        """log w of given states, differentiable in the parameters (a hook, as ``_simulate``)."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        return log_weights_from_states(
+            self.process,
+            model,
+            lambda x: final_log_prob,
+            states,
+            chunk=self.settings["chunk"],
+            params=params,
+            log_weights=log_weights,
+            steps=steps,
         )
 
     def _lv_loss(self, model: ResidualControl, generator: torch.Generator, step: int):
@@ -327,16 +351,8 @@ class DiffusionSampler:
         steps = None
         if s["n_grad_steps"] is not None:
             steps = random_steps(self.n_steps, int(s["n_grad_steps"]), generator)
-        params = [p for p in model.parameters() if p.requires_grad]
-        log_w = log_weights_from_states(
-            self.process,
-            model,
-            lambda x: self._final_log_prob,
-            self._states,
-            chunk=s["chunk"],
-            params=params,
-            log_weights=log_w_fresh,
-            steps=steps,
+        log_w = self._path_log_weights(
+            model, self._states, self._final_log_prob, log_w_fresh, steps
         )
         loss, info = log_variance_loss(log_w, max_deviation=s["max_deviation"])
         return loss, self._info(info)
@@ -399,10 +415,7 @@ class DiffusionSampler:
         with torch.no_grad(), self.trainer.ema_weights() as model:
             for first in range(0, int(n), batch):
                 m = min(batch, int(n) - first)
-                out = simulate(
-                    self.process, model, self.system.log_prob, m, generator=generator,
-                    keep_states=False, dtype=self.dtype, device=self.device,
-                )  # fmt: skip
+                out = self._simulate(model, self.system.log_prob, m, generator, keep_states=False)
                 xs.append(out.samples)
                 log_ws.append(out.log_weights)
         x, log_w = torch.cat(xs), torch.cat(log_ws)
