@@ -12,6 +12,7 @@ stderr and exit code 2, without a traceback.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from physsample.errors import UserError
+from physsample.errors import ConfigError, UserError
 
 __all__ = ["main", "CONFIG_DIR"]
 
@@ -65,14 +66,54 @@ def _train_options(cfg: DictConfig) -> dict:
     return dict(options, device=cfg.device, seed=int(cfg.seed))
 
 
+def _net_config(cfg: DictConfig, system) -> DictConfig | None:
+    """The ``net`` group's config, with ``net=auto`` resolved for ``system``."""
+    net = cfg.get("net")
+    if net is None or not net.get("auto", False):
+        return net
+    from physsample.systems.base import ParticleSystem
+
+    if not isinstance(system, ParticleSystem):
+        name = "mlp"
+    else:
+        own = f"e3nn_{cfg.system.get('name', '')}"
+        name = own if (CONFIG_DIR / "net" / f"{own}.yaml").exists() else "egnn"
+    return OmegaConf.load(CONFIG_DIR / "net" / f"{name}.yaml")
+
+
+def make_net(cfg: DictConfig, system):
+    """The control network of the ``net`` group, sized for ``system`` and seeded by ``seed``."""
+    import torch
+
+    from physsample.systems.base import ParticleSystem
+
+    net_cfg = _net_config(cfg, system)
+    if net_cfg is None:
+        return None
+    factory = instantiate(net_cfg)
+    takes = inspect.signature(factory).parameters
+    if isinstance(system, ParticleSystem) and "n_particles" in takes:
+        shape = dict(n_particles=system.n_particles, spatial_dim=system.spatial_dim)
+    else:
+        shape = dict(dim=system.dim)
+    with torch.random.fork_rng(devices=[]):  # initialised from ``seed`` alone
+        torch.manual_seed(int(cfg.seed))
+        try:
+            return factory(**shape)
+        except TypeError as err:
+            raise ConfigError(
+                f"net {net_cfg.get('_target_')} does not fit system {system.name!r} ({err}); "
+                "choose another net=..."
+            ) from err
+
+
 def _stage_train(cfg: DictConfig) -> None:
     from physsample.pipeline import train_stage
 
     system = instantiate(cfg.system)
     method = instantiate(cfg.method)
-    train_stage(
-        cfg.run_dir, system, method, steps=int(cfg.train.steps), options=_train_options(cfg)
-    )
+    options = dict(_train_options(cfg), net=make_net(cfg, system))
+    train_stage(cfg.run_dir, system, method, steps=int(cfg.train.steps), options=options)
 
 
 def _stage_sample(cfg: DictConfig) -> None:

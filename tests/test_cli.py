@@ -102,3 +102,32 @@ def test_sample_stage_without_training_is_a_one_line_error(tmp_path):
     out = run_cli("stage=sample", "system=gmm25", f"run_dir={tmp_path}")
     assert out.returncode == 2
     assert "stage=train" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["system=dw4"], "E3NNControl"),
+        (["system=lj13"], "E3NNControl"),
+        (["system=gmm25"], "FourierMLP"),
+        (["system=lj13", "net=egnn"], "EGNN"),
+        (["system=dw4", "net=mlp"], "FourierMLP"),
+    ],
+)
+def test_net_auto_picks_the_systems_network(overrides, expected):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from physsample.cli import make_net
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    system = instantiate(cfg.system)
+    net = make_net(cfg, system)
+    assert type(net).__name__ == expected
+    x = torch.randn(3, system.dim)
+    out = net(torch.rand(3), x)
+    assert out.shape == x.shape and torch.all(out == 0)  # zero-initialised control
+    again = make_net(cfg, system)  # seeded: the same initial weights
+    for a, b in zip(net.parameters(), again.parameters(), strict=True):
+        assert torch.equal(a, b)
