@@ -139,7 +139,9 @@ class DiffusionSampler:
         reverse KL on reparameterised trajectories (memory grows with ``n_steps``).
     net
         The network phi_theta: None or ``"mlp"`` for a
-        :class:`~physsample.nets.FourierMLP` (zero last layer), or any ``nn.Module``
+        :class:`~physsample.nets.FourierMLP` (zero last layer), ``"e3nn"`` or ``"egnn"``
+        for an :class:`~physsample.nets.E3NNControl` or :class:`~physsample.nets.EGNN`
+        with default sizes (particle systems only), or any ``nn.Module``
         called as ``net(t, x)`` (t (B,), x (B, dim) -> (B, dim)); it should output zero
         at initialisation for the untrained sampler to be the reference.
     hidden, n_layers
@@ -243,9 +245,30 @@ class DiffusionSampler:
             with torch.random.fork_rng(devices=[]):  # initialised from ``seed`` alone
                 torch.manual_seed(int(self.settings["seed"]))
                 return FourierMLP(self.system.dim, hidden=hidden, n_layers=layers)
+        if net in ("e3nn", "egnn"):
+            return self._particle_net(str(net))
         if isinstance(net, nn.Module):
             return net
-        raise ConfigError(f"net must be None, 'mlp' or an nn.Module, got {net!r}")
+        raise ConfigError(
+            f"net must be None, 'mlp', 'e3nn', 'egnn' or an nn.Module, got {net!r}"
+        )
+
+    def _particle_net(self, kind: str) -> nn.Module:
+        """An equivariant network with default sizes (configs/net/ has tuned ones)."""
+        from physsample.nets import EGNN, E3NNControl
+        from physsample.systems.base import ParticleSystem
+
+        if not isinstance(self.system, ParticleSystem):
+            raise ConfigError(
+                f"net='{kind}' needs a particle system; '{self.system.name}' is not one "
+                "(use net='mlp')"
+            )
+        shape = dict(n_particles=self.system.n_particles, spatial_dim=self.system.spatial_dim)
+        with torch.random.fork_rng(devices=[]):  # initialised from ``seed`` alone
+            torch.manual_seed(int(self.settings["seed"]))
+            if kind == "egnn":
+                return EGNN(**shape, hidden=int(self.settings["hidden"]))
+            return E3NNControl(**shape, n_layers=int(self.settings["n_layers"]))
 
     def _assemble(self, reference, net: nn.Module) -> None:
         """Control, process and trainer from a reference and a network."""
