@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from nets_testlib import F64
+from nets_testlib import inputs as _inputs
+from nets_testlib import orthogonal as _orthogonal
 
 import physsample as ps
 from physsample.errors import ConfigError, ShapeError
 from physsample.nets import EGNN
-
-F64 = torch.float64
 
 
 @pytest.fixture(autouse=True)
@@ -28,25 +29,6 @@ def _net(n, d, seed=0, **kwargs):
         for param in net.parameters():
             param.add_(0.3 * torch.randn_like(param))
     return net
-
-
-def _inputs(n, d, batch=3, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    t = torch.rand(batch, generator=g, dtype=F64)
-    x = 1.5 * torch.randn(batch, n * d, generator=g, dtype=F64)
-    s = torch.randn(batch, n * d, generator=g, dtype=F64)
-    return t, x, s
-
-
-def _orthogonal(d, reflect, seed=2):
-    g = torch.Generator().manual_seed(seed)
-    q, r = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=F64))
-    q = q * torch.sign(torch.diagonal(r))
-    if torch.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    if reflect:
-        q = q @ torch.diag(torch.tensor([-1.0] + [1.0] * (d - 1), dtype=F64))
-    return q
 
 
 def _call(net, t, x, s, score):
