@@ -27,6 +27,9 @@ Speed of the log-variance loss
   current parameters at every update (the target's energy is not evaluated again).
 - The exponential integrator (default) solves the linear part of the SDE exactly, so
   fewer steps suffice.
+- Under torchrun each rank simulates ``batch_size / world_size`` trajectories and the
+  losses, dropped counts, ESS and log Z are those of the global batch
+  (:mod:`physsample.distributed`); only rank 0 writes files.
 
 Example
 -------
@@ -50,16 +53,15 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from physsample import distributed
 from physsample.diffusion import (
     GaussianSpace,
     GenerativeProcess,
     LogZEstimate,
     cosine_grid,
-    log_variance_loss,
     log_weights_from_states,
     log_z_estimate,
     random_steps,
-    reverse_kl_loss,
     simulate,
     uniform_grid,
 )
@@ -93,16 +95,25 @@ class ResidualControl(nn.Module):
         Any object with the reference interface of :mod:`physsample.diffusion.references`.
     net
         ``net(t, x)``: t (B,), x (B, dim) -> (B, dim).
+    amp
+        Run the network under ``torch.autocast`` in bfloat16 (mixed precision); its
+        output is cast back to the dtype of ``x``, so that the reference's control and
+        everything the path weights are made of stay in float32.
     """
 
-    def __init__(self, reference, net: nn.Module) -> None:
+    def __init__(self, reference, net: nn.Module, amp: bool = False) -> None:
         super().__init__()
         self.reference = reference
         self.net = net
+        self.amp = bool(amp)
         self.register_buffer("energy_evaluations", torch.zeros((), dtype=torch.int64))
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.reference.base_control(t, x) + self.net(t, x)
+        if not self.amp:
+            return self.reference.base_control(t, x) + self.net(t, x)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            out = self.net(t, x)
+        return self.reference.base_control(t, x) + out.to(x.dtype)
 
 
 def _dtype(value: torch.dtype | str) -> torch.dtype:
@@ -147,7 +158,8 @@ class DiffusionSampler:
     hidden, n_layers
         Width and depth of the default MLP.
     batch_size
-        Trajectories per training step.
+        Trajectories per training step; under torchrun the global batch, each rank
+        simulating ``batch_size / world_size`` of them (see :mod:`physsample.distributed`).
     lr, lr_schedule, warmup, grad_clip, ema_decay
         Optimiser settings of the :class:`~physsample.methods.training.Trainer`.
     exploration
@@ -167,6 +179,10 @@ class DiffusionSampler:
     device, seed, dtype
         ``"auto"`` (CUDA when available), the seed of the training generator, and the
         dtype of states and network (float32 by default).
+    amp
+        Mixed precision: the network runs in bfloat16 under ``torch.autocast`` (worth it
+        on recent GPUs); states, path log-weights and losses stay in float32 (needs
+        ``dtype="float32"``).
     checkpoint_dir, checkpoint_every, log_csv, progress
         Checkpoints (training resumes from the latest one by itself), CSV log and
         progress bar of the trainer.
@@ -201,6 +217,7 @@ class DiffusionSampler:
         device: str | torch.device = "auto",
         seed: int = 0,
         dtype: torch.dtype | str = "float32",
+        amp: bool = False,
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every: int = 100,
         log_csv: str | os.PathLike | None = None,
@@ -231,7 +248,7 @@ class DiffusionSampler:
             s[key] = None if s[key] is None else str(s[key])
         _check_settings(s)
         self.settings = s
-        self.device = resolve_device(s["device"])
+        self.device = distributed.rank_device(resolve_device(s["device"]))
         self.dtype = _dtype(s["dtype"])
         self.system = system.to(self.device)
         self.space = GaussianSpace.for_system(system)
@@ -279,7 +296,8 @@ class DiffusionSampler:
             )
         if isinstance(reference, nn.Module) and not self.train_reference:
             reference.requires_grad_(False)
-        self.model = ResidualControl(reference, net.to(self.dtype))
+        amp = bool(self.settings.get("amp", False))  # files saved before it lack the key
+        self.model = ResidualControl(reference, net.to(self.dtype), amp=amp)
         s = self.settings
         self.process = self._build_process(reference)
         trainer_keys = ("lr", "lr_schedule", "warmup", "grad_clip", "ema_decay", "seed")
@@ -317,7 +335,7 @@ class DiffusionSampler:
 
     def _target(self, x: torch.Tensor) -> torch.Tensor:
         """log pi~(x), counting energy evaluations and keeping the last values (detached)."""
-        self.model.energy_evaluations += x.shape[0]
+        self.model.energy_evaluations += x.shape[0] * distributed.world_size()  # all ranks
         log_prob = self.system.log_prob(x)
         self._last_log_prob = log_prob.detach()
         return log_prob
@@ -328,9 +346,9 @@ class DiffusionSampler:
         return self._lv_loss(model, generator, step)
 
     def _rollout(self, model, generator, noise_scale=1.0, keep_states=True):
-        return self._simulate(
-            model, self._target, self.batch_size, generator, noise_scale, keep_states
-        )
+        """This rank's share of the training batch (all of it in one process)."""
+        n = distributed.local_batch_size(self.batch_size)
+        return self._simulate(model, self._target, n, generator, noise_scale, keep_states)
 
     def _simulate(self, model, target_log_prob, n, generator, noise_scale=1.0, keep_states=True):
         """Trajectories of the process under ``model`` (a hook: GMP simulates its own)."""
@@ -377,17 +395,20 @@ class DiffusionSampler:
         log_w = self._path_log_weights(
             model, self._states, self._final_log_prob, log_w_fresh, steps
         )
-        loss, info = log_variance_loss(log_w, max_deviation=s["max_deviation"])
+        loss, info = distributed.global_log_variance_loss(log_w, max_deviation=s["max_deviation"])
         return loss, self._info(info)
 
     def _kl_loss(self, model: ResidualControl, generator: torch.Generator):
         out = self._rollout(model, generator, keep_states=False)
         self._record_batch(out.log_weights)
-        loss, info = reverse_kl_loss(out.log_weights, max_deviation=self.settings["max_deviation"])
+        loss, info = distributed.global_reverse_kl_loss(
+            out.log_weights, max_deviation=self.settings["max_deviation"]
+        )
         return loss, self._info(info)
 
     def _record_batch(self, log_w: torch.Tensor) -> None:
-        est = log_z_estimate(log_w)
+        """ESS, log Z and ELBO of the (global) training batch, for the progress bar."""
+        est = log_z_estimate(distributed.gather(log_w.detach()))
         self._batch_stats = {"ess": est.ess, "log_z": est.log_z, "elbo": est.elbo}
 
     def _info(self, info: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -480,9 +501,12 @@ class DiffusionSampler:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the sampler (network, reference, settings, trainer state) atomically.
 
-        The file is a ``torch.save`` pickle: load only files you trust.
+        The file is a ``torch.save`` pickle: load only files you trust. Under torchrun
+        only rank 0 writes (the ranks hold the same sampler); the others return the path.
         """
         path = Path(path)
+        if not distributed.is_main():
+            return path
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {
             "format": SAVE_FORMAT,
@@ -557,6 +581,8 @@ def _check_settings(s: dict[str, Any]) -> None:
     for key, allowed in choices.items():
         if s[key] not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {s[key]!r}")
+    if s.get("amp") and s["dtype"] != "float32":
+        raise ConfigError("amp (bfloat16 network) needs dtype='float32'")
     if int(s["batch_size"]) < 2:
         raise ConfigError("batch_size must be at least 2 (the losses need a variance)")
     if s["loss"] == "kl" and (s["exploration"] != 1.0 or s["reuse"] != 1):

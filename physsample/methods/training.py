@@ -22,6 +22,12 @@ where ``loss`` is a scalar tensor to minimise, ``generator`` is the trainer's
   bit on the CPU), because the checkpoint holds every piece of state that the next
   steps read: weights, Adam moments, EMA, the trainer's generator, the global torch RNG
   and the step and bad-step counters.
+
+Under torchrun (:mod:`physsample.distributed`) each rank's generator has its own seed,
+the gradients are averaged over ranks after ``backward`` (as DistributedDataParallel
+does: a loss that is a mean over the rank's batch becomes the mean over all ranks'),
+rank 0 alone shows progress and writes the CSV log and the checkpoints (holding every
+rank's random state), and every rank resumes from them.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from physsample import distributed
 from physsample.errors import ConfigError, ShapeError, UserError
 from physsample.runtime import make_generator, resolve_device
 
@@ -142,7 +149,7 @@ class Trainer:
         _check_options(lr, lr_schedule, warmup, grad_clip, ema_decay, max_bad_steps)
         if checkpoint_every < 1 or keep_checkpoints < 1:
             raise ConfigError("checkpoint_every and keep_checkpoints must be at least 1")
-        self.device = resolve_device(device)
+        self.device = distributed.rank_device(resolve_device(device))
         self.model = model.to(self.device)
         self.loss_fn = loss_fn
         self.lr, self.lr_schedule, self.warmup = float(lr), lr_schedule, int(warmup)
@@ -156,6 +163,7 @@ class Trainer:
 
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=self.lr)
+        seed = None if seed is None else distributed.rank_seed(seed)  # ranks differ
         self.generator = make_generator(seed, self.device)
         self.ema = None if ema_decay is None else [p.detach().clone() for p in self.params]
         self.ema_updates = 0
@@ -184,11 +192,14 @@ class Trainer:
         if steps < 0:
             raise ConfigError(f"steps must be non-negative, got {steps}")
         self._resume()
+        self._synchronise_ranks()
         self.total_steps = int(steps)
         if self.step >= steps:
             return self
-        log = _CsvLog(self.log_csv, keep_before=self.step) if self.log_csv else None
-        bar = tqdm(total=steps, initial=self.step, disable=not self.progress, desc="training")
+        main = distributed.is_main()
+        log = _CsvLog(self.log_csv, keep_before=self.step) if self.log_csv and main else None
+        show = self.progress and main
+        bar = tqdm(total=steps, initial=self.step, disable=not show, desc="training")
         clock = time.perf_counter()
         try:
             while self.step < steps:
@@ -222,8 +233,9 @@ class Trainer:
             raise ShapeError(f"loss_fn must return a scalar loss, got shape {tuple(loss.shape)}")
         grad_norm = float("nan")
         good = bool(torch.isfinite(loss))
-        if good:
+        if good:  # the loss value is global, so every rank takes this branch or none
             loss.backward()
+            distributed.average_gradients(self.params)  # as DistributedDataParallel
             max_norm = float("inf") if self.grad_clip is None else self.grad_clip
             grad_norm = float(nn.utils.clip_grad_norm_(self.params, max_norm))
             good = math.isfinite(grad_norm)
@@ -240,6 +252,11 @@ class Trainer:
         row.update({key: float(value) for key, value in info.items()})
         self.step += 1
         return row
+
+    def _synchronise_ranks(self) -> None:
+        """Give every rank rank 0's weights and EMA (no-op in one process)."""
+        tensors = list(self.model.state_dict().values()) + list(self.ema or [])
+        distributed.broadcast_tensors(tensors)
 
     def _record(self, row: dict[str, Any], log: _CsvLog | None, bar: tqdm) -> None:
         self.history.append(row)
@@ -332,8 +349,10 @@ class Trainer:
                 for average, saved in zip(self.ema, state["ema"], strict=True):
                     average.copy_(saved)
         self.ema_updates = int(state["ema_updates"])
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        rng = _own_random_state(state)
+        if rng["generator"] is not None:
+            self.generator.set_state(rng["generator"])
+            torch.set_rng_state(rng["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.step, self.total_steps = int(state["step"]), int(state["total_steps"])
@@ -360,17 +379,28 @@ class Trainer:
 
         The state goes to a temporary file in the same folder, which then replaces the
         target in one step, so a crash never leaves a half-written checkpoint behind.
-        Older checkpoints beyond ``keep_checkpoints`` are removed.
+        Older checkpoints beyond ``keep_checkpoints`` are removed. Under torchrun every
+        rank must call it (it gathers the ranks' random states); rank 0 writes.
         """
         if self.checkpoint_dir is None:
             raise ConfigError("save_checkpoint needs a checkpoint_dir")
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path = self._checkpoint_path()
+        state = self.state_dict()
+        if distributed.world_size() > 1:  # a collective: every rank saves, rank 0 writes
+            own = {"generator": state["generator"], "torch_rng": state["torch_rng"]}
+            state["rank_rng"] = distributed.gather_objects(own)
+        if distributed.is_main():
+            self._write_checkpoint(state, path)
+        distributed.barrier()  # no rank reads a checkpoint before rank 0 has written it
+        return path
+
+    def _write_checkpoint(self, state: dict[str, Any], path: Path) -> None:
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         folder = self.checkpoint_dir
         handle, tmp = tempfile.mkstemp(dir=folder, prefix=".checkpoint-", suffix=".tmp")
         try:
             with os.fdopen(handle, "wb") as file:
-                torch.save(self.state_dict(), file)
+                torch.save(state, file)
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(tmp, path)
@@ -379,7 +409,6 @@ class Trainer:
             raise
         for _, old in self._checkpoints()[: -self.keep_checkpoints]:
             old.unlink(missing_ok=True)
-        return path
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Restore the trainer from a checkpoint file.
@@ -412,8 +441,9 @@ class Trainer:
         """Load the latest checkpoint if it is ahead of the trainer's current step."""
         if self.checkpoint_dir is None:
             return
-        for stale in self.checkpoint_dir.glob(".checkpoint-*.tmp"):
-            stale.unlink(missing_ok=True)
+        if distributed.is_main():
+            for stale in self.checkpoint_dir.glob(".checkpoint-*.tmp"):
+                stale.unlink(missing_ok=True)
         checkpoints = self._checkpoints()
         if checkpoints and checkpoints[-1][0] > self.step:
             self.load_checkpoint(checkpoints[-1][1])
@@ -465,6 +495,26 @@ class _CsvLog:
 
     def close(self) -> None:
         self.file.close()
+
+
+def _own_random_state(state: dict[str, Any]) -> dict[str, Any]:
+    """This rank's generator and torch RNG states from a (possibly multi-rank) checkpoint.
+
+    A checkpoint of W ranks holds each rank's states; resuming needs the same W. A
+    single-process state (a saved sampler) gives its states to rank 0; the other ranks
+    keep their own (freshly seeded) ones.
+    """
+    ranks = state.get("rank_rng")
+    if ranks is not None and len(ranks) != distributed.world_size():
+        raise CheckpointError(
+            f"the checkpoint was written by {len(ranks)} ranks, this run has "
+            f"{distributed.world_size()}; resume with the same --nproc_per_node"
+        )
+    if ranks is not None:
+        return ranks[distributed.rank()]
+    if distributed.is_main():
+        return state
+    return {"generator": None, "torch_rng": None}
 
 
 def _complete(row: dict[str, str | None]) -> bool:
