@@ -65,6 +65,8 @@ __all__ = [
     "average_gradients",
     "broadcast_tensors",
     "gather_objects",
+    "local_slice",
+    "with_global_value",
     "global_log_variance_loss",
     "global_reverse_kl_loss",
 ]
@@ -253,12 +255,15 @@ def gather_objects(obj) -> list:
     return out
 
 
-def _local_slice(n_local: int) -> slice:
+def local_slice(n_local: int) -> slice:
+    """This rank's rows of a gathered tensor, when every rank holds ``n_local`` rows."""
     return slice(rank() * n_local, (rank() + 1) * n_local)
 
 
-def _with_global_value(share: torch.Tensor) -> torch.Tensor:
+def with_global_value(share: torch.Tensor) -> torch.Tensor:
     """Value: the sum of the ranks' shares; gradient: W times this rank's share's.
+
+    ``share`` is this rank's part of a loss that is a sum over the global batch.
 
     Averaged over the ranks (:func:`average_gradients`), the gradients sum the shares'.
     """
@@ -281,12 +286,12 @@ def global_log_variance_loss(
         return log_variance_loss(log_w, max_deviation=max_deviation)
     everything = gather(log_w.detach())
     mask_all, info = usable_mask(everything, max_deviation)
-    mask = mask_all[_local_slice(log_w.shape[0])]
+    mask = mask_all[local_slice(log_w.shape[0])]
     n = info["n_used"].to(log_w.dtype)
     mean = torch.where(mask_all, everything, torch.zeros_like(everything)).sum() / n
     kept = torch.where(mask, log_w, torch.zeros_like(log_w))
     sq = torch.where(mask, (kept - mean) ** 2, torch.zeros_like(log_w))
-    return _with_global_value(sq.sum() / (n - 1)), info
+    return with_global_value(sq.sum() / (n - 1)), info
 
 
 def global_reverse_kl_loss(
@@ -296,7 +301,7 @@ def global_reverse_kl_loss(
     if world_size() == 1:
         return reverse_kl_loss(log_w, max_deviation=max_deviation)
     mask_all, info = usable_mask(gather(log_w.detach()), max_deviation)
-    mask = mask_all[_local_slice(log_w.shape[0])]
+    mask = mask_all[local_slice(log_w.shape[0])]
     n = info["n_used"].to(log_w.dtype)
-    loss = _with_global_value(-torch.where(mask, log_w, torch.zeros_like(log_w)).sum() / n)
+    loss = with_global_value(-torch.where(mask, log_w, torch.zeros_like(log_w)).sum() / n)
     return torch.where(n >= 2, loss, torch.full_like(loss, math.nan)), info

@@ -94,7 +94,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from physsample.diffusion import Rollout, cosine_grid, reverse_kl_loss, uniform_grid, usable_mask
+from physsample import distributed
+from physsample.diffusion import Rollout, cosine_grid, uniform_grid, usable_mask
 from physsample.errors import ConfigError
 from physsample.methods.base import DiffusionSampler
 from physsample.methods.imr import mala_candidates, propose_component
@@ -667,29 +668,52 @@ class GMP(DiffusionSampler):
         )  # fmt: skip
 
     def _kl_loss(self, model, generator):
-        """Reverse KL, pathwise given the component plus its score-function term."""
+        """Reverse KL, pathwise given the component plus its score-function term.
+
+        Under torchrun each rank simulates its share of the batch; the loss, the drop
+        rule and the leave-one-out baseline are those of the global batch.
+        """
         out, comp = self.process.simulate(
-            model, self._target, self.batch_size, generator=generator, keep_states=False,
-            dtype=self.dtype, device=self.device,
+            model, self._target, distributed.local_batch_size(self.batch_size),
+            generator=generator, keep_states=False, dtype=self.dtype, device=self.device,
         )  # fmt: skip
         log_w = out.log_weights
         self._record_batch(log_w)
-        loss, info = reverse_kl_loss(log_w, max_deviation=self.settings["max_deviation"])
+        max_deviation = self.settings["max_deviation"]
+        loss, info = distributed.global_reverse_kl_loss(log_w, max_deviation=max_deviation)
         if self.prior.n_active > 1:
-            mask, _ = usable_mask(log_w, self.settings["max_deviation"])
-            lw = torch.where(mask, log_w.detach(), 0.0)
-            n = mask.sum().clamp(min=2)
-            baseline = (lw.sum() - lw) / (n - 1)  # leave-one-out
+            everything = distributed.gather(log_w.detach())
+            mask_all, _ = usable_mask(everything, max_deviation)
+            lw_all = torch.where(mask_all, everything, 0.0)
+            n = mask_all.sum().clamp(min=2)
+            here = distributed.local_slice(log_w.shape[0])
+            mask, lw = mask_all[here], lw_all[here]
+            baseline = (lw_all.sum() - lw) / (n - 1)  # leave-one-out, over the global batch
             log_alpha = self.prior.log_weights().to(log_w.dtype)[comp]
             surrogate = torch.where(mask, (lw - baseline) * log_alpha, 0.0).sum() / n
-            loss = loss - surrogate
+            loss = loss - distributed.with_global_value(surrogate)
         return loss, self._info(info)
 
     # ------------------------------------------------------------------ IMR
     def _loss(self, model, generator, step):
         if self._refinement_due(step):
             self.refine(generator, step)
+            self._sync_prior()
         return super()._loss(model, generator, step)
+
+    def _sync_prior(self) -> None:
+        """Under torchrun, every rank takes rank 0's new component (and its EMA copy).
+
+        The slot that is switched on is the same on every rank (the first free one); the
+        MALA candidates, hence the mean and scale, differ between the ranks' streams.
+        """
+        if distributed.world_size() == 1:
+            return
+        prior_params = list(self.prior.parameters())
+        ids = {id(p) for p in prior_params}
+        ema = self.trainer.ema or []
+        averages = [a for p, a in zip(self.trainer.params, ema, strict=False) if id(p) in ids]
+        distributed.broadcast_tensors(prior_params + averages)
 
     def _refinement_due(self, step: int) -> bool:
         m = self.method_settings
