@@ -3,12 +3,16 @@
 1. Approximate samples of the target: given (any :class:`~physsample.samples.Samples`,
    e.g. OpenMM MD output, or a tensor), or drawn here by torch MALA started from the
    system's known modes (:func:`~physsample.mcmc.reference.starting_points`).
-2. A reference process fitted to them: by default a Gaussian mixture
-   (:func:`~physsample.diffusion.fit_gmm`, number of components given or chosen by BIC)
-   noised by a variance-preserving OU (:class:`~physsample.diffusion.LinearVPSchedule`),
-   whose marginals p_t^ref and score are closed form. Any fitted object with the
-   reference interface of :mod:`physsample.diffusion.references` (e.g. a score
-   network trained by denoising score matching) can be passed instead.
+2. A reference process fitted to them, noised by a variance-preserving OU
+   (:class:`~physsample.diffusion.LinearVPSchedule`): by default
+   (``reference_kind="gmm"``) a Gaussian mixture (:func:`~physsample.diffusion.fit_gmm`,
+   number of components given or chosen by BIC), whose marginals p_t^ref and score are
+   closed form; or (``reference_kind="score"``) a score network trained on the data by
+   denoising score matching (:class:`~physsample.methods.score_reference.ScoreNetworkReference`,
+   the "diffusion model" reference of the paper), a fresh copy of the control network,
+   so equivariant for particle systems, where a mixture cannot represent the rotation
+   and permutation symmetry of the data. Any fitted object with the reference
+   interface of :mod:`physsample.diffusion.references` can be passed instead.
 3. The sampler starts from the reference's own noised law p_0^ref, sampled exactly, and
    its score estimate is s_theta = grad log p_t^ref + phi_theta with phi_theta zero at
    initialisation: the untrained sampler follows the reference, and training (log-variance
@@ -21,18 +25,22 @@ multi-modal distributions", ICLR 2025.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from physsample.diffusion import GMM, GaussianMixtureReference, LinearVPSchedule
 from physsample.errors import ConfigError, ShapeError
 from physsample.methods.base import DiffusionSampler
+from physsample.methods.score_reference import ScoreNetworkReference
 from physsample.samples import Samples
 
 __all__ = ["LRDS"]
 
+REFERENCE_KINDS = ("gmm", "score")
 _REFERENCE_INTERFACE = ("schedule", "space", "sample_prior", "prior_log_prob", "base_control")
 
 
@@ -58,6 +66,14 @@ class LRDS(DiffusionSampler):
           :class:`~physsample.diffusion.GaussianMixtureReference`), used as is, with its
           own schedule;
         - None: run MALA from the system's modes (or default configuration) first.
+    reference_kind
+        What is fitted to samples: ``"gmm"`` (a Gaussian mixture) or ``"score"`` (a
+        score network trained by DSM, a fresh copy of the control network ``net`` as
+        given, before any training; for ``net="e3nn"`` / ``"egnn"`` / ``"mlp"`` one with
+        the same default sizes). Ignored when ``reference`` is a GMM or fitted reference.
+    score_steps, score_lr, score_batch_size, score_ema_decay
+        ``reference_kind="score"``: Adam steps, learning rate, batch size and EMA decay
+        of the DSM fit (:meth:`ScoreNetworkReference.fit`).
     n_components
         Mixture components; None chooses by BIC in 1..``max_components``.
     covariance
@@ -84,7 +100,7 @@ class LRDS(DiffusionSampler):
     Attributes
     ----------
     reference_samples : Samples or None
-        The data the mixture was fitted to (not saved with the sampler).
+        The data the mixture or score network was fitted to (not saved with the sampler).
 
     Examples
     --------
@@ -101,6 +117,11 @@ class LRDS(DiffusionSampler):
         system,
         reference: Samples | torch.Tensor | GMM | Any | None = None,
         *,
+        reference_kind: str = "gmm",
+        score_steps: int = 2000,
+        score_lr: float = 1e-3,
+        score_batch_size: int = 256,
+        score_ema_decay: float | None = 0.999,
         n_components: int | None = None,
         covariance: str = "full",
         max_components: int | None = None,
@@ -114,10 +135,23 @@ class LRDS(DiffusionSampler):
         fit_options: dict[str, Any] | None = None,
         **options,
     ) -> None:
+        if reference_kind not in REFERENCE_KINDS:
+            raise ConfigError(
+                f"reference_kind must be one of {', '.join(REFERENCE_KINDS)}; got "
+                f"{reference_kind!r}"
+            )
         self._reference_input = reference
+        self._net_input = options.get("net")
         self._mcmc_starts = None
         self.reference_samples = None
         self.method_settings = {
+            "reference_kind": reference_kind,
+            "score": {
+                "steps": int(score_steps),
+                "lr": float(score_lr),
+                "batch_size": int(score_batch_size),
+                "ema_decay": score_ema_decay,
+            },
             "n_components": n_components,
             "covariance": covariance,
             "max_components": max_components,
@@ -127,7 +161,7 @@ class LRDS(DiffusionSampler):
             "fit_options": dict(fit_options or {}),
         }
         super().__init__(system, **options)
-        del self._reference_input, self._mcmc_starts
+        del self._reference_input, self._net_input, self._mcmc_starts
 
     def build_reference(self):
         given = self._reference_input
@@ -139,6 +173,8 @@ class LRDS(DiffusionSampler):
         if isinstance(given, GMM):
             self.method_settings["reference"] = "GMM"
             return GaussianMixtureReference(schedule, given, self.space)
+        if m["reference_kind"] == "score":
+            return self._fit_score_reference(self._data(given), schedule)
         x = self._data(given)
         options = {"seed": int(self.settings["seed"]), **m["fit_options"]}
         seeded = self._mcmc_starts is not None and "init_means" not in options
@@ -155,6 +191,39 @@ class LRDS(DiffusionSampler):
         )
         info = {"n_samples": x.shape[0], "seeded_from_modes": seeded, **ref.gmm.fit_info}
         self.method_settings["reference"] = info
+        return ref
+
+    def _fit_score_reference(self, x: torch.Tensor, schedule) -> ScoreNetworkReference:
+        """A score network (a fresh copy of the control network) fitted to ``x`` by DSM."""
+        given = self._net_input
+        if isinstance(given, nn.Module):
+            net = copy.deepcopy(given)
+        else:
+            net = self._make_net(given)
+        opts = self.method_settings["score"]
+        if not (opts["steps"] > 0 and opts["batch_size"] > 0 and opts["lr"] > 0):
+            raise ConfigError(
+                "score_steps, score_batch_size and score_lr must be positive, got "
+                f"{opts['steps']}, {opts['batch_size']}, {opts['lr']}"
+            )
+        ref = ScoreNetworkReference.fit(
+            x,
+            schedule,
+            self.space,
+            net=net.to(self.dtype),
+            steps=opts["steps"],
+            batch_size=opts["batch_size"],
+            lr=opts["lr"],
+            seed=int(self.settings["seed"]),
+            progress=bool(self.settings["progress"]),
+            ema_decay=opts["ema_decay"],
+            device=self.device,
+        )
+        self.method_settings["reference"] = {
+            "kind": "score",
+            "net": type(net).__name__,
+            **ref.fit_info,
+        }
         return ref
 
     def _n_modes(self) -> int:
