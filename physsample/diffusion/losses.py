@@ -7,11 +7,17 @@
   (:func:`~physsample.diffusion.path.simulate` under grad); its expectation is
   KL(sampler path || target path) - log Z.
 
-Both drop trajectories whose log w is not finite or is more than ``max_deviation`` nats
-from the batch median, and report how many in ``info`` (0-dim tensors, so no host
-synchronisation here; ``float()`` them when logging). A batch with fewer than two usable
-trajectories gives a NaN loss, so that a training loop skips the step rather than taking
-one on nothing.
+Both drop trajectories whose log w is not finite or extreme, and report how many in
+``info`` (0-dim tensors, so no host synchronisation here; ``float()`` them when logging).
+Extreme means further from the batch median than the cut
+``max(max_deviation, SPREAD_MULTIPLE * 1.4826 * MAD)`` (MAD: median absolute deviation
+of the finite log w from their median, 1.4826 * MAD the robust standard deviation): the
+cut follows the batch's own spread, so a batch whose log w are all spread over
+thousands of nats (early training in high dimension) keeps its bulk, and since at
+least half of the finite values lie within one MAD of the median, the rule never drops
+more than half of the finite trajectories. ``max_deviation`` (nats) is the floor of the
+cut. A batch with fewer than two usable trajectories gives a NaN loss, so that a
+training loop skips the step rather than taking one on nothing.
 
 Examples
 --------
@@ -40,7 +46,9 @@ __all__ = [
     "log_z_estimate",
 ]
 
-DEFAULT_MAX_DEVIATION = 1000.0
+DEFAULT_MAX_DEVIATION = 1000.0  # nats: the floor of the outlier cut
+SPREAD_MULTIPLE = 20.0  # the cut in robust standard deviations (1.4826 * MAD)
+_MAD_TO_SD = 1.4826  # 1 / Phi^-1(3/4): MAD -> standard deviation for a normal sample
 
 
 class LogZEstimate(NamedTuple):
@@ -64,14 +72,19 @@ class LogZEstimate(NamedTuple):
 def usable_mask(
     log_w: torch.Tensor, max_deviation: float | None = DEFAULT_MAX_DEVIATION
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Which trajectories a loss uses: finite log w within ``max_deviation`` of the median.
+    """Which trajectories a loss uses: finite log w that are not extreme.
+
+    A finite log w is extreme when it is further from the median of the finite values
+    than ``max(max_deviation, SPREAD_MULTIPLE * 1.4826 * MAD)``, with MAD the median
+    absolute deviation of the finite values from that median. At most half of the
+    finite values are ever extreme. No host synchronisation.
 
     Parameters
     ----------
     log_w
         Shape (B,).
     max_deviation
-        In nats; None keeps every finite value.
+        Floor of the cut, in nats; None keeps every finite value.
 
     Returns
     -------
@@ -84,8 +97,13 @@ def usable_mask(
     finite = torch.isfinite(values)
     mask = finite
     if max_deviation is not None:
-        median = torch.nanmedian(torch.where(finite, values, torch.full_like(values, math.nan)))
-        mask = finite & ((values - median).abs() <= float(max_deviation))
+        nan = torch.full_like(values, math.nan)
+        median = torch.nanmedian(torch.where(finite, values, nan))
+        deviation = (values - median).abs()
+        mad = torch.nanmedian(torch.where(finite, deviation, nan))
+        spread = SPREAD_MULTIPLE * _MAD_TO_SD * torch.nan_to_num(mad, nan=0.0)
+        cut = torch.clamp(spread, min=float(max_deviation))
+        mask = finite & (deviation <= cut)
     info = {
         "n_used": mask.sum(),
         "n_nonfinite": (~finite).sum(),
@@ -104,7 +122,8 @@ def log_variance_loss(
     log_w
         (B,), differentiable in the control (see module docstring).
     max_deviation
-        Drop threshold in nats around the median (None: drop only non-finite values).
+        Floor in nats of the outlier cut around the median (see :func:`usable_mask`;
+        None: drop only non-finite values).
 
     Returns
     -------
