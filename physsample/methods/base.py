@@ -174,8 +174,10 @@ class DiffusionSampler:
     reuse
         LV only: number of updates made on each batch of trajectories.
     max_deviation
-        Trajectories whose log-weight is non-finite or further than this (nats) from
-        the batch median are dropped from the loss, and counted (``n_dropped``).
+        Trajectories whose log-weight is non-finite or further from the batch median
+        than max(max_deviation, 20 x the batch's robust spread 1.4826 MAD) nats are
+        dropped from the loss, and counted (``n_dropped``); never more than half of the
+        finite ones (:func:`~physsample.diffusion.usable_mask`).
     device, seed, dtype
         ``"auto"`` (CUDA when available), the seed of the training generator, and the
         dtype of states and network (float32 by default).
