@@ -5,6 +5,13 @@ Usage::
     physsample                          # the main job on the default system
     physsample system=lj13              # another system
     physsample --help                   # hydra's help: config groups and options
+    physsample -m system=gmm25,mw5      # a sweep: one job per system (joblib, in parallel)
+    torchrun --standalone --nproc_per_node=2 -m physsample stage=train run_dir=outputs/ddp
+                                        # data-parallel training (physsample.distributed)
+
+In a sweep (``-m``) each job writes into its own folder, ``run_dir/<overrides>``. Under
+torchrun (``distributed=auto`` notices it) every rank trains its share of the batch and
+rank 0 alone runs the other stages, prints and writes files.
 
 User errors (bad config values, unknown names, malformed files) end with one line on
 stderr and exit code 2, without a traceback.
@@ -13,12 +20,15 @@ stderr and exit code 2, without a traceback.
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from physsample.errors import ConfigError, UserError
 
@@ -37,11 +47,14 @@ def _check_group_choices(argv: list[str]) -> None:
     for arg in argv:
         key, sep, value = arg.lstrip("+~").partition("=")
         group_dir = CONFIG_DIR / key
-        if not sep or not group_dir.is_dir() or (group_dir / f"{value}.yaml").exists():
-            continue
-        choices = sorted(p.stem for p in group_dir.glob("*.yaml"))
-        noun = "system" if key == "system" else f"{key} config"
-        _fail(f"unknown {noun} '{value}'; available: {', '.join(choices)}")
+        if not sep or key.startswith("hydra") or not group_dir.is_dir() or "(" in value:
+            continue  # hydra's own groups hold plugin configs; sweep functions pass through
+        for choice in value.split(","):  # a sweep over several options (with -m)
+            if (group_dir / f"{choice}.yaml").exists():
+                continue
+            choices = sorted(p.stem for p in group_dir.glob("*.yaml"))
+            noun = "system" if key == "system" else f"{key} config"
+            _fail(f"unknown {noun} '{choice}'; available: {', '.join(choices)}")
 
 
 def _stage_summary(cfg: DictConfig) -> None:
@@ -129,9 +142,16 @@ def _stage_sample(cfg: DictConfig) -> None:
     )
 
 
+def _stage_report(cfg: DictConfig) -> None:
+    from physsample.pipeline import report_stage
+
+    n_eval = int(cfg.get("report_n_eval", 2000))
+    report_stage(cfg.run_dir, instantiate(cfg.system), n_eval=n_eval, seed=int(cfg.seed))
+
+
 def _stage_main(cfg: DictConfig) -> None:
-    for stage in (_stage_summary, _stage_mcmc, _stage_train, _stage_sample):
-        stage(cfg)
+    for stage in (_stage_summary, _stage_mcmc, _stage_train, _stage_sample, _stage_report):
+        _ranked(stage)(cfg)
 
 
 STAGES = {
@@ -140,6 +160,7 @@ STAGES = {
     "mcmc": _stage_mcmc,
     "train": _stage_train,
     "sample": _stage_sample,
+    "report": _stage_report,
 }
 
 
@@ -154,12 +175,68 @@ def _user_error(err: BaseException) -> UserError | None:
     return None
 
 
+def _ranked(stage):
+    """Under torchrun: training on every rank, any other stage on rank 0 while the rest wait."""
+    from physsample import distributed
+
+    if stage in (_stage_train, _stage_main) or distributed.world_size() == 1:
+        return stage
+
+    def on_rank_zero(cfg: DictConfig) -> None:
+        if distributed.is_main():
+            stage(cfg)
+        distributed.barrier()
+
+    return on_rank_zero
+
+
+def _setup_distributed(cfg: DictConfig) -> None:
+    """Join torchrun's process group (``distributed`` = auto, true or false).
+
+    Every rank gets rank 0's ``run_dir`` (its default holds the time, which ranks could
+    read a second apart), and the ranks other than 0 print nothing.
+    """
+    from physsample import distributed
+
+    mode = str(cfg.get("distributed", "auto")).lower()
+    if mode not in ("auto", "true", "false"):
+        raise ConfigError(f"distributed must be auto, true or false, got {mode!r}")
+    if mode == "false" or (mode == "auto" and not distributed.launched_by_torchrun()):
+        return
+    if not distributed.launched_by_torchrun():
+        raise ConfigError(
+            "distributed=true needs several ranks: launch with "
+            "torchrun --nproc_per_node=<n> -m physsample ..."
+        )
+    distributed.init_from_env(str(cfg.device))
+    with open_dict(cfg):
+        cfg.run_dir = distributed.gather_objects(str(cfg.run_dir))[0]
+    if not distributed.is_main():
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+
+
+def _job_run_dir(cfg: DictConfig) -> None:
+    """In a sweep (``-m``), each job's ``run_dir`` is its own hydra output folder."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        with open_dict(cfg):
+            cfg.run_dir = HydraConfig.get().runtime.output_dir
+
+
+def distributed_shutdown() -> None:
+    from physsample import distributed
+
+    distributed.shutdown()
+
+
 def _run(cfg: DictConfig) -> None:
     stage = STAGES.get(str(cfg.stage))
     if stage is None:
         _fail(f"unknown stage '{cfg.stage}'; available: {', '.join(STAGES)}")
     try:
-        stage(cfg)
+        _job_run_dir(cfg)
+        _setup_distributed(cfg)
+        _ranked(stage)(cfg)
+        distributed_shutdown()
     except Exception as err:
         user_error = _user_error(err)
         if user_error is None:

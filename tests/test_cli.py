@@ -131,3 +131,24 @@ def test_net_auto_picks_the_systems_network(overrides, expected):
     again = make_net(cfg, system)  # seeded: the same initial weights
     for a, b in zip(net.parameters(), again.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_main_job_ends_with_a_report(tmp_path):
+    tiny = ("method=dis", "method.n_steps=8", "train.steps=3", "train.batch_size=16")
+    out = run_cli("system=gmm25", "mcmc.n_samples=128", "train.n_samples=256",
+                  "train.progress=false", f"run_dir={tmp_path}", *tiny)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / ".hydra" / "config.yaml").exists()  # the composed config
+    text = (tmp_path / "report.md").read_text()
+    for key in ("log Z exact", "Δlog Z", "ESS", "sinkhorn", "emc", "ΔF", "training steps | 3"):
+        assert key in text, key
+    for name in ("energies.png", "free_energy.png", "training.png", "samples_2d.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"({name})" in text
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and p.is_file()]
+
+
+def test_report_stage_without_samples_is_a_one_line_error(tmp_path):
+    out = run_cli("stage=report", "system=gmm25", f"run_dir={tmp_path}")
+    assert out.returncode == 2
+    assert "stage=sample" in out.stderr and "Traceback" not in out.stderr

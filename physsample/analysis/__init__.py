@@ -11,7 +11,8 @@ Modules, each named for what it does:
 - :mod:`~physsample.analysis.free_energy`: F, Delta F, free-energy profiles, MBAR;
 - :mod:`~physsample.analysis.bootstrap`: i.i.d. and autocorrelation-aware block bootstrap;
 - :mod:`~physsample.analysis.trajectories`: collective variables through mdtraj;
-- :mod:`~physsample.analysis.plots`: PNG figures for reports.
+- :mod:`~physsample.analysis.plots`: PNG figures for reports;
+- :mod:`~physsample.analysis.report`: the run report (``report.md``, metrics, figures).
 
 Metric definitions follow BENCHMARKS.md.
 
@@ -47,6 +48,7 @@ from physsample.analysis.plots import (
     plot_samples_2d,
     plot_training_curves,
 )
+from physsample.analysis.report import default_states, write_report
 from physsample.analysis.trajectories import (
     dihedrals,
     pair_distance,
@@ -92,4 +94,6 @@ __all__ = [
     "plot_training_curves",
     "plot_samples_2d",
     "plot_ramachandran",
+    "write_report",
+    "default_states",
 ]
