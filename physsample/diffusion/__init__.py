@@ -31,6 +31,7 @@ True
 
 from __future__ import annotations
 
+from physsample.diffusion.block_mixture import BlockMixtureReference
 from physsample.diffusion.gaussian import GaussianSpace, helmert_basis
 from physsample.diffusion.integrators import (
     INTEGRATORS,
@@ -88,6 +89,7 @@ __all__ = [
     "Reference",
     "GaussianReference",
     "GaussianMixtureReference",
+    "BlockMixtureReference",
     "GenerativeCoefficients",
     "NoisingCoefficients",
     "euler_maruyama",

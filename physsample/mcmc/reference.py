@@ -36,19 +36,22 @@ Sampler = Callable[..., Samples]
 def starting_points(system: System, n_chains: int, seed: int = 0) -> torch.Tensor:
     """Chain starting points, shape (n_chains, dim), float64 on the system's device.
 
-    The system's ``modes`` cycled over the chains where it has them, else its
+    The system's ``modes`` cycled over the chains where it has them, else random wells
+    (``random_wells``, Manywell with too many modes to list), else its
     ``default_positions()`` (particle systems), else the origin; a small Gaussian
     jitter (scale 1e-3) keeps the chains from starting at identical points.
     """
     modes = getattr(system, "modes", None)
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
     if modes is not None:
         base = torch.as_tensor(modes, dtype=torch.float64)
+    elif hasattr(system, "random_wells"):  # too many modes to list (Manywell-32)
+        base = system.random_wells(int(n_chains), generator)
     elif isinstance(system, ParticleSystem):
         base = system.default_positions().double()[None]
     else:
         base = torch.zeros(1, system.dim, dtype=torch.float64)
     base = base.to(system.device)[torch.arange(int(n_chains)) % len(base)]
-    generator = torch.Generator(device="cpu").manual_seed(int(seed))
     jitter = 1e-3 * torch.randn(base.shape, generator=generator, dtype=torch.float64)
     x0 = base + jitter.to(base.device)
     return system.remove_com(x0) if isinstance(system, ParticleSystem) else x0

@@ -32,15 +32,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from physsample.diffusion import GMM, GaussianMixtureReference, LinearVPSchedule
+from physsample.diffusion import (
+    GMM,
+    BlockMixtureReference,
+    GaussianMixtureReference,
+    LinearVPSchedule,
+)
 from physsample.errors import ConfigError, ShapeError
 from physsample.methods.base import DiffusionSampler
 from physsample.methods.score_reference import ScoreNetworkReference
 from physsample.samples import Samples
+from physsample.systems.base import ParticleSystem
 
 __all__ = ["LRDS"]
 
-REFERENCE_KINDS = ("gmm", "score")
+REFERENCE_KINDS = ("auto", "gmm", "block_gmm", "score")
 _REFERENCE_INTERFACE = ("schedule", "space", "sample_prior", "prior_log_prob", "base_control")
 
 
@@ -67,7 +73,9 @@ class LRDS(DiffusionSampler):
           own schedule;
         - None: run MALA from the system's modes (or default configuration) first.
     reference_kind
-        What is fitted to samples: ``"gmm"`` (a Gaussian mixture) or ``"score"`` (a
+        What is fitted to samples: ``"auto"`` (``"score"`` for particle systems, else
+        ``"gmm"``), ``"gmm"`` (a Gaussian mixture), ``"block_gmm"``
+        (a product of mixtures over coordinate blocks, see ``block_size``) or ``"score"`` (a
         score network trained by DSM, a fresh copy of the control network ``net`` as
         given, before any training; for ``net="e3nn"`` / ``"egnn"`` / ``"mlp"`` one with
         the same default sizes). Ignored when ``reference`` is a GMM or fitted reference.
@@ -76,6 +84,11 @@ class LRDS(DiffusionSampler):
         of the DSM fit (:meth:`ScoreNetworkReference.fit`).
     n_components
         Mixture components; None chooses by BIC in 1..``max_components``.
+    block_size, reweight_samples
+        ``reference_kind="block_gmm"``: one mixture per block of ``block_size``
+        contiguous coordinates (:class:`~physsample.diffusion.BlockMixtureReference`;
+        2 for Manywell), and if ``reweight_samples`` > 0 its block weights re-estimated
+        by two importance-sampling EM passes of that many target evaluations each.
     covariance
         ``"full"`` or ``"diag"`` mixture covariances.
     max_components
@@ -117,12 +130,14 @@ class LRDS(DiffusionSampler):
         system,
         reference: Samples | torch.Tensor | GMM | Any | None = None,
         *,
-        reference_kind: str = "gmm",
+        reference_kind: str = "auto",
         score_steps: int = 2000,
         score_lr: float = 1e-3,
         score_batch_size: int = 256,
         score_ema_decay: float | None = 0.999,
         n_components: int | None = None,
+        block_size: int | None = None,
+        reweight_samples: int = 0,
         covariance: str = "full",
         max_components: int | None = None,
         beta_min: float = 0.1,
@@ -140,6 +155,10 @@ class LRDS(DiffusionSampler):
                 f"reference_kind must be one of {', '.join(REFERENCE_KINDS)}; got "
                 f"{reference_kind!r}"
             )
+        if reference_kind == "auto":  # a mixture cannot hold a particle system's symmetry
+            reference_kind = "score" if isinstance(system, ParticleSystem) else "gmm"
+        if reference_kind == "block_gmm" and not block_size:
+            raise ConfigError("reference_kind='block_gmm' needs block_size= (2 for Manywell)")
         self._reference_input = reference
         self._net_input = options.get("net")
         self._mcmc_starts = None
@@ -153,6 +172,7 @@ class LRDS(DiffusionSampler):
                 "ema_decay": score_ema_decay,
             },
             "n_components": n_components,
+            "block": {"size": block_size, "reweight_samples": int(reweight_samples)},
             "covariance": covariance,
             "max_components": max_components,
             "schedule": {"beta_min": beta_min, "beta_max": beta_max, "horizon": horizon},
@@ -180,6 +200,8 @@ class LRDS(DiffusionSampler):
         seeded = self._mcmc_starts is not None and "init_means" not in options
         if seeded:
             options["init_means"] = self._mcmc_starts
+        if m["reference_kind"] == "block_gmm":
+            return self._fit_block_reference(x, schedule, options, seeded)
         ref = GaussianMixtureReference.fit(
             x,
             schedule,
@@ -190,6 +212,22 @@ class LRDS(DiffusionSampler):
             **options,
         )
         info = {"n_samples": x.shape[0], "seeded_from_modes": seeded, **ref.gmm.fit_info}
+        self.method_settings["reference"] = info
+        return ref
+
+    def _fit_block_reference(self, x, schedule, options, seeded) -> BlockMixtureReference:
+        """One mixture per block of ``block_size`` coordinates, optionally reweighted."""
+        m = self.method_settings
+        ref = BlockMixtureReference.fit(
+            x, schedule, self.space, block_size=m["block"]["size"],
+            n_components=m["n_components"], covariance=m["covariance"],
+            max_components=m["max_components"] or 10, **options,
+        )  # fmt: skip
+        info = {"n_samples": x.shape[0], "seeded_from_modes": seeded, **ref.fit_info}
+        if m["block"]["reweight_samples"]:
+            g = torch.Generator().manual_seed(int(self.settings["seed"]))
+            ref = ref.reweighted(self.system.log_prob, m["block"]["reweight_samples"], 2, g)
+            info["reweight"] = ref.reweight_info
         self.method_settings["reference"] = info
         return ref
 

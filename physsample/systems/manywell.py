@@ -68,6 +68,18 @@ class Manywell(System):
         modes[:, 0::2] = wells
         return modes
 
+    def random_wells(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` well bottoms with an independent uniformly chosen well in every pair.
+
+        Chain starting points when there are too many modes to list (``modes`` is None);
+        shape (n, dim), float64, on the CPU.
+        """
+        minima = self.well.minima.to("cpu", torch.float64)
+        pick = torch.randint(len(minima), (int(n), self.n_pairs), generator=generator)
+        x = torch.zeros(int(n), self.dim, dtype=torch.float64)
+        x[:, 0::2] = minima[pick]
+        return x
+
     def _energy(self, x: torch.Tensor) -> torch.Tensor:
         x1, x2 = x[:, 0::2], x[:, 1::2]
         return self.well(x1).sum(dim=1) + 0.5 * (x2 * x2).sum(dim=1)

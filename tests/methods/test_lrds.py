@@ -200,7 +200,7 @@ class HarmonicCluster(ParticleSystem):
 def test_particle_system_lives_on_the_com_free_space():
     system = HarmonicCluster()
     data = system.sample_exact(3000, torch.Generator().manual_seed(0))
-    sampler = LRDS(system, reference=data, n_components=1, n_steps=20, **FAST)
+    sampler = LRDS(system, reference=data, reference_kind="gmm", n_components=1, n_steps=20, **FAST)
     assert sampler.reference.gmm.dim == system.com_free_dim
     out = sampler.sample(20_000, generator=5)
     assert float(system.as_particles(out.x).mean(dim=1).abs().max()) < 1e-5

@@ -483,3 +483,17 @@ def test_cuda(name):
     # a CPU generator gives the same samples whatever the system's device
     a = system.sample_exact(16, torch.Generator().manual_seed(1)).cpu()
     assert torch.equal(a, cpu.sample_exact(16, torch.Generator().manual_seed(1)))
+
+
+def test_manywell_random_wells_pick_every_well_of_every_pair():
+    from physsample.mcmc.reference import starting_points
+
+    system = ps.systems.get("manywell32")
+    assert system.modes is None  # 65536 modes: not listed
+    x = starting_points(system, 400, seed=0)
+    assert x.shape == (400, 32)
+    x1 = x[:, 0::2]
+    right = (x1 > 0).double().mean(dim=0)  # share of chains in the right well, per pair
+    # binomial(400, 1/2): standard error 0.025, so 0.5 +- 0.15 is 6 standard errors
+    assert torch.all((right - 0.5).abs() < 0.15)
+    assert torch.all(system.energy(x) < system.energy(torch.zeros(1, 32)))  # well bottoms
