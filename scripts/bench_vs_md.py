@@ -75,10 +75,10 @@ SPECS: dict[str, dict[str, Any]] = {
         "chunk": 500,  # samples per replica per MD chunk
         "reference_md": {"n_samples": 2000, "thin": 200},  # LRDS's data
         "net": "e3nn_dw4",
-        "lrds": {"n_steps": 32, "batch_size": 128},
-        "train_steps": 200,
-        "eval_every": 50,
-        "n_samples": 20000,
+        "lrds": {"reference_kind": "score", "n_steps": 100, "batch_size": 128},
+        "train_steps": 40,
+        "eval_every": 20,
+        "n_samples": 10000,
     },
     "lj13": {
         "md": {"timestep": 0.005, "friction": 2.0, "thin": 20, "n_equilibration": 2000},
@@ -95,9 +95,10 @@ SPECS: dict[str, dict[str, Any]] = {
         "md": {"timestep": 0.01, "friction": 1.0, "thin": 20, "n_equilibration": 1000},
         "md_seconds": 90.0,
         "chunk": 1000,
-        "reference_md": None,  # LRDS runs MALA from the origin (chains fall into random wells)
+        "reference_md": None,  # LRDS runs MALA from random wells
         "net": "mlp",
-        "lrds": {"n_steps": 32, "batch_size": 128, "covariance": "diag", "max_components": 8},
+        "lrds": {"reference_kind": "block_gmm", "block_size": 2, "reweight_samples": 10000,
+                 "max_components": 8, "n_steps": 100, "batch_size": 128},  # fmt: skip
         "train_steps": 300,
         "eval_every": 100,
         "n_samples": 20000,

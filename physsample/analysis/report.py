@@ -220,6 +220,10 @@ def _particle_metrics(system, model: Samples, ref: Samples, n_eval: int, seed: i
     out["distance_tv"] = distance_tv(raw, ref_x, n, d)
     if model.log_weights is not None:
         rw = resample_unweighted(model, n_eval, seed).x
+        if search == "best":  # exact and quick for <= 4 particles
+            out["geometric_w2_reweighted"] = geometric_w2(
+                rw, ref_x, n, d, max_samples=n_eval, search=search
+            )
         out["energy_w2_reweighted"] = energy_w2(_finite(_energies(system, rw)), e_ref)
         out["distance_tv_reweighted"] = distance_tv(rw, ref_x, n, d)
     return out
@@ -337,6 +341,7 @@ def _metric_rows(m: dict[str, Any], ref_desc: str) -> list[str]:
         rows.append(f"| Δlog Z | {_fmt(m['delta_log_z'])} | \\|log Z_hat - log Z\\| |")
     notes = {
         "geometric_w2": f"raw samples vs {ref_desc}, search={m.get('geometric_w2_search')}",
+        "geometric_w2_reweighted": "resampled by weight",
         "energy_w2": "raw samples, kT",
         "energy_w2_reweighted": "resampled by weight, kT",
         "distance_tv": "raw samples, 200 bins",

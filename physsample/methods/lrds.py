@@ -94,7 +94,10 @@ class LRDS(DiffusionSampler):
     max_components
         Upper end of the BIC search; None: max(10, number of system modes).
     beta_min, beta_max, horizon, sigma
-        The VP-OU schedule that noises the mixture (sigma: its stationary scale).
+        The VP-OU schedule that noises the reference (sigma: its stationary scale;
+        None: 1 for mixtures, and for the score reference the data's root-mean-square
+        standard deviation per coordinate, so that the prior N(0, sigma^2) is close
+        to the noised data p_0^ref).
     mcmc_steps, mcmc_chains, mcmc_thin
         MALA when ``reference`` is None: steps per chain after warmup, number of chains
         (None: max(64, 4 x number of modes)) and thinning.
@@ -131,8 +134,8 @@ class LRDS(DiffusionSampler):
         reference: Samples | torch.Tensor | GMM | Any | None = None,
         *,
         reference_kind: str = "auto",
-        score_steps: int = 2000,
-        score_lr: float = 1e-3,
+        score_steps: int = 5000,
+        score_lr: float = 3e-3,
         score_batch_size: int = 256,
         score_ema_decay: float | None = 0.999,
         n_components: int | None = None,
@@ -143,7 +146,7 @@ class LRDS(DiffusionSampler):
         beta_min: float = 0.1,
         beta_max: float = 5.0,
         horizon: float = 1.0,
-        sigma: float = 1.0,
+        sigma: float | None = None,
         mcmc_steps: int = 1000,
         mcmc_chains: int | None = None,
         mcmc_thin: int = 10,
@@ -189,13 +192,16 @@ class LRDS(DiffusionSampler):
             self.method_settings["reference"] = f"{type(given).__name__}({given.schedule!r})"
             return given
         m = self.method_settings
-        schedule = LinearVPSchedule(**m["schedule"], sigma=m["sigma"])
         if isinstance(given, GMM):
             self.method_settings["reference"] = "GMM"
+            schedule = LinearVPSchedule(**m["schedule"], sigma=m["sigma"] or 1.0)
             return GaussianMixtureReference(schedule, given, self.space)
-        if m["reference_kind"] == "score":
-            return self._fit_score_reference(self._data(given), schedule)
         x = self._data(given)
+        if m["sigma"] is None:  # the score reference's prior N(0, sigma^2) near p_0^ref
+            m["sigma"] = _data_scale(x) if m["reference_kind"] == "score" else 1.0
+        schedule = LinearVPSchedule(**m["schedule"], sigma=m["sigma"])
+        if m["reference_kind"] == "score":
+            return self._fit_score_reference(x, schedule)
         options = {"seed": int(self.settings["seed"]), **m["fit_options"]}
         seeded = self._mcmc_starts is not None and "init_means" not in options
         if seeded:
@@ -314,3 +320,8 @@ class LRDS(DiffusionSampler):
             seed=seed,
             progress=bool(self.settings["progress"]),
         )
+
+
+def _data_scale(x: torch.Tensor) -> float:
+    """Root-mean-square per-coordinate standard deviation of samples ``x`` (n, dim)."""
+    return float(x.double().var(dim=0).mean().sqrt())
