@@ -144,3 +144,21 @@ def test_bad_score_options_fail_clearly():
         LRDS(system, reference=data, reference_kind="flow", **FAST)
     with pytest.raises(ConfigError, match="score_steps"):
         LRDS(system, reference=data, reference_kind="score", score_steps=0, **FAST)
+
+
+@pytest.mark.parametrize("k", [0.5, 4.5])
+def test_auto_kind_and_sigma_follow_the_system_and_the_data(k):
+    system = HarmonicCluster(k=k)
+    data = system.sample_exact(2000, torch.Generator().manual_seed(0))
+    sampler = LRDS(system, reference=data, net=small_net(system), score_steps=2, n_steps=4,
+                   **FAST)  # fmt: skip
+    assert sampler.method_settings["reference_kind"] == "score"  # auto, particle system
+    # per-coordinate variance of the CoM-free Gaussian: (1 - 1/n) / (k n)
+    n = system.n_particles
+    expected = math.sqrt((1 - 1 / n) / (k * n))
+    assert sampler.method_settings["sigma"] == pytest.approx(expected, rel=0.05)
+    assert sampler.reference.schedule.sigma == pytest.approx(expected, rel=0.05)
+    mixture = LRDS(ps.systems.get("gmm25"), reference=torch.randn(500, 2), n_components=1,
+                   n_steps=4, **FAST)  # fmt: skip
+    assert mixture.method_settings["reference_kind"] == "gmm"
+    assert mixture.method_settings["sigma"] == 1.0
