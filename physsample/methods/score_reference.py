@@ -254,7 +254,7 @@ class ScoreNetworkReference(Reference):
             ema_decay=ema_decay,
             device=device,
             seed=seed,
-            progress=progress,
+            progress="DSM fit of the reference" if progress else False,
         )
         trainer.fit(int(steps))
         reference = trainer.ema_model() if ema_decay is not None else reference

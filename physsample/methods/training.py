@@ -112,7 +112,7 @@ class Trainer:
     log_csv
         Path of the CSV log (None: no log).
     progress
-        Show a tqdm progress bar.
+        Show a tqdm progress bar (a string: with that label instead of "training").
 
     Examples
     --------
@@ -144,7 +144,7 @@ class Trainer:
         checkpoint_every: int = 100,
         keep_checkpoints: int = 2,
         log_csv: str | os.PathLike | None = None,
-        progress: bool = True,
+        progress: bool | str = True,
     ):
         _check_options(lr, lr_schedule, warmup, grad_clip, ema_decay, max_bad_steps)
         if checkpoint_every < 1 or keep_checkpoints < 1:
@@ -198,8 +198,9 @@ class Trainer:
             return self
         main = distributed.is_main()
         log = _CsvLog(self.log_csv, keep_before=self.step) if self.log_csv and main else None
-        show = self.progress and main
-        bar = tqdm(total=steps, initial=self.step, disable=not show, desc="training")
+        show = bool(self.progress) and main
+        label = self.progress if isinstance(self.progress, str) else "training"
+        bar = tqdm(total=steps, initial=self.step, disable=not show, desc=label)
         clock = time.perf_counter()
         try:
             while self.step < steps:
