@@ -225,7 +225,7 @@ def _job_run_dir(cfg: DictConfig) -> None:
 def distributed_shutdown() -> None:
     from physsample import distributed
 
-    distributed.shutdown()
+    distributed.shutdown(exit_process=True)
 
 
 def _run(cfg: DictConfig) -> None:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import datetime
 import math
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -162,10 +163,22 @@ def init_from_env(device: str | torch.device = "cpu", backend: str | None = None
     return True
 
 
-def shutdown() -> None:
-    """Leave the process group (if any)."""
-    if is_initialized():
-        dist.destroy_process_group()
+def shutdown(exit_process: bool = False) -> None:
+    """Leave the process group (if any), after a barrier.
+
+    With ``exit_process``, a process that was in a group then ends at once, exit code 0,
+    its output flushed: at interpreter teardown the gloo / store background threads can
+    abort a rank that has finished all its work ("terminate called without an active
+    exception", exit code 134), a race seen on a loaded machine.
+    """
+    if not is_initialized():
+        return
+    barrier()
+    dist.destroy_process_group()
+    if exit_process:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def barrier() -> None:

@@ -117,9 +117,10 @@ TARGETS = {
     "manywell32": Target(
         {},
         2.0,
-        {"n_components": None, "max_components": 8, "covariance": "diag"},
+        {"reference_kind": "block_gmm", "block_size": 2, "reweight_samples": 10000,
+         "n_components": None, "max_components": 8, "covariance": "full"},  # fmt: skip
         10.0,
-        {"lrds": 1500, "pis": 600, "dds": 600},
+        {"lrds": 200, "pis": 600, "dds": 600},
         published={"dlogz": (2.281, "log-variance method (Richter & Berner, re-run)")},
     ),
     "gmm40": Target(

@@ -201,8 +201,7 @@ def _worker(out: Path) -> None:
     if r == 0:
         torch.save({"ranks_differ": ranks_differ, "resume_exact": float(same) == 2.0},
                    out / "checks.pt")  # fmt: skip
-    distributed.barrier()
-    distributed.shutdown()
+    distributed.shutdown(exit_process=True)
 
 
 if __name__ == "__main__":
