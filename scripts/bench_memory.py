@@ -28,11 +28,12 @@ import resource
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from physsample.runtime import write_text_atomic
 
 MIB = 2.0**20
 
@@ -168,21 +169,6 @@ def ratio_lines(keyed: dict[tuple, list[dict]]) -> list[str]:
     return out
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -225,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 rows.append(row)
     text = render(args, rows, time.perf_counter() - start)
-    write_atomic(args.out, text)
+    write_text_atomic(args.out, text)
     print(text)
 
 

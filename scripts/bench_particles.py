@@ -33,7 +33,6 @@ import os
 import platform
 import shlex
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -47,7 +46,7 @@ import physsample as ps
 from physsample import analysis
 from physsample.methods import DDS, LRDS, PIS
 from physsample.nets import E3NNControl
-from physsample.runtime import resolve_device
+from physsample.runtime import resolve_device, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 N_METRIC = 2000
@@ -296,20 +295,6 @@ def render(args, rows, wall_s, load, device_name) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def device_name(device: str) -> str:
     dev = resolve_device(device)
     if dev.type == "cuda":
@@ -378,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
     if args.rows:
         saved = {"rows": rows, "budget": BUDGETS[args.budget], "command": command()}
-        write_atomic(args.rows, json.dumps(saved))
+        write_text_atomic(args.rows, json.dumps(saved))
     for path in args.merge:
         saved = json.loads(path.read_text())
         args.merged.append(saved.get("command", str(path)))
@@ -394,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
         (load_start, os.getloadavg()[0]),
         device_name(args.device),
     )
-    write_atomic(args.out, text)
+    write_text_atomic(args.out, text)
     print(text)
 
 

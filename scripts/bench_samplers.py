@@ -38,7 +38,6 @@ import platform
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 import warnings
@@ -55,7 +54,7 @@ from physsample import analysis
 from physsample.mcmc import mala
 from physsample.mcmc.reference import starting_points
 from physsample.methods import DDS, LRDS, PIS
-from physsample.runtime import resolve_device
+from physsample.runtime import resolve_device, write_text_atomic
 
 METHODS = {"pis": PIS, "dds": DDS, "lrds": LRDS}
 N_METRIC = 2000  # samples per side for EMC and Sinkhorn (BENCHMARKS.md)
@@ -117,8 +116,14 @@ TARGETS = {
     "manywell32": Target(
         {},
         2.0,
-        {"reference_kind": "block_gmm", "block_size": 2, "reweight_samples": 10000,
-         "n_components": None, "max_components": 8, "covariance": "full"},  # fmt: skip
+        {
+            "reference_kind": "block_gmm",
+            "block_size": 2,
+            "reweight_samples": 10000,
+            "n_components": None,
+            "max_components": 8,
+            "covariance": "full",
+        },  # fmt: skip
         10.0,
         {"lrds": 200, "pis": 600, "dds": 600},
         published={"dlogz": (2.281, "log-variance method (Richter & Berner, re-run)")},
@@ -576,21 +581,6 @@ def render(args, budget, results, floors, wall_s, load) -> str:
     return "\n".join(header)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ---------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -640,7 +630,7 @@ def main(argv: list[str] | None = None) -> None:
         raw = json.loads(args.from_raw.read_text())
         args.argv = raw["argv"]  # the command that ran the benchmark
         text = render(args, budget, raw["results"], raw["floors"], raw["wall_s"], raw["load"])
-        write_atomic(args.out, text)
+        write_text_atomic(args.out, text)
         print(text)
         return
     start, load_start = time.perf_counter(), os.getloadavg()[0]
@@ -686,9 +676,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.raw:
         raw = {"results": results, "floors": floors, "wall_s": wall_s, "load": load}
         raw["argv"] = args.argv
-        write_atomic(args.raw, json.dumps(raw, indent=1))
+        write_text_atomic(args.raw, json.dumps(raw, indent=1))
     text = render(args, budget, results, floors, wall_s, load)
-    write_atomic(args.out, text)
+    write_text_atomic(args.out, text)
     print(text)
 
 

@@ -25,7 +25,6 @@ import argparse
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from omegaconf import OmegaConf
 
 import physsample as ps
 from physsample.nets import E3NNControl
+from physsample.runtime import write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs" / "net"
@@ -113,18 +113,6 @@ def table(rows: list[dict], args) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
@@ -167,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         text += [f"## {machine(device)}\n", table(rows, args)]
     text = "\n".join(text)
     print(text)
-    write_atomic(args.out, text)
+    write_text_atomic(args.out, text)
 
 
 if __name__ == "__main__":

@@ -60,9 +60,10 @@ from omegaconf import OmegaConf
 
 import physsample as ps
 from physsample.analysis import free_energy_difference
-from physsample.analysis.report import default_states, pooled_pair_reference, write_text_atomic
+from physsample.analysis.report import default_states, pooled_pair_reference
 from physsample.mcmc import integrated_autocorr_time, run_md
 from physsample.methods import TrainingDivergedError
+from physsample.runtime import write_text_atomic
 from physsample.systems.openmm_io import positions_to_openmm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,8 +98,14 @@ SPECS: dict[str, dict[str, Any]] = {
         "chunk": 1000,
         "reference_md": None,  # LRDS runs MALA from random wells
         "net": "mlp",
-        "lrds": {"reference_kind": "block_gmm", "block_size": 2, "reweight_samples": 10000,
-                 "max_components": 8, "n_steps": 100, "batch_size": 128},  # fmt: skip
+        "lrds": {
+            "reference_kind": "block_gmm",
+            "block_size": 2,
+            "reweight_samples": 10000,
+            "max_components": 8,
+            "n_steps": 100,
+            "batch_size": 128,
+        },  # fmt: skip
         "train_steps": 300,
         "eval_every": 100,
         "n_samples": 20000,

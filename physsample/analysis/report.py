@@ -35,12 +35,10 @@ Example
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import platform
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +61,7 @@ from physsample.analysis.plots import (
 from physsample.analysis.trajectories import resample_unweighted
 from physsample.analysis.wasserstein import energy_w2, geometric_w2, sinkhorn
 from physsample.analysis.weights import elbo, ess, log_z
+from physsample.runtime import write_text_atomic
 from physsample.samples import Samples
 
 __all__ = [
@@ -71,7 +70,6 @@ __all__ = [
     "pooled_pair_reference",
     "reference_set",
     "write_report",
-    "write_text_atomic",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -79,23 +77,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SINKHORN_EPS = {"multi_double_well": 5.0, "gmm25": 10.0, "funnel": 10.0, "manywell": 10.0}
 SINKHORN_EPS_DEFAULT = 10.0
 EXACT_STATE_SAMPLES = 200_000
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 # -- states and reference answers ----------------------------------------------------
