@@ -11,26 +11,17 @@ import math
 
 import pytest
 import torch
+from methods_testlib import HarmonicCluster
 
 import physsample as ps
 from physsample import diffusion as D
 from physsample.errors import ConfigError, ShapeError
 from physsample.methods import LRDS, DiffusionSampler
 from physsample.samples import Samples
-from physsample.systems import ParticleSystem
 from physsample.systems.gaussian_mixture import GaussianMixture
 
 FAST = dict(device="cpu", progress=False)
 F64 = torch.float64
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small networks are much faster, and reproducible, on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def two_mode_target() -> GaussianMixture:
@@ -175,26 +166,6 @@ def test_trainable_reference_parameters_are_frozen():
     sampler = LRDS(two_mode_target(), reference=gmm, n_steps=10, **FAST)
     assert all(not p.requires_grad for p in sampler.reference.parameters())
     assert [id(p) for p in sampler.trainer.params] == [id(p) for p in sampler.net.parameters()]
-
-
-class HarmonicCluster(ParticleSystem):
-    """U = k n |x|^2 / 2 on the CoM-free space; exact samples are scaled projected noise."""
-
-    name = "harmonic_cluster"
-
-    def __init__(self, n_particles: int = 3, spatial_dim: int = 2, k: float = 0.5) -> None:
-        super().__init__(n_particles, spatial_dim)
-        self.k = k
-        self.log_z = 0.5 * self.com_free_dim * math.log(2 * math.pi / (k * n_particles))
-
-    def _energy(self, x):
-        p = self.as_particles(x)
-        diff = p[:, :, None, :] - p[:, None, :, :]
-        return 0.25 * self.k * (diff * diff).sum(dim=(1, 2, 3))
-
-    def _sample_exact(self, n, generator):
-        eps = torch.randn(n, self.dim, generator=generator, dtype=F64)
-        return self.remove_com(eps) / math.sqrt(self.k * self.n_particles)
 
 
 def test_particle_system_lives_on_the_com_free_space():

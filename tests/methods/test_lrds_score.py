@@ -15,45 +15,16 @@ import math
 
 import pytest
 import torch
+from methods_testlib import HarmonicCluster
 
 import physsample as ps
 from physsample.errors import ConfigError
 from physsample.methods import LRDS, DiffusionSampler
 from physsample.methods.score_reference import ScoreNetworkReference, dsm_loss
 from physsample.nets import E3NNControl
-from physsample.systems import ParticleSystem
 
 FAST = dict(device="cpu", progress=False)
 F64 = torch.float64
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small networks are much faster, and reproducible, on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class HarmonicCluster(ParticleSystem):
-    """U = k n |x|^2 / 2 on the CoM-free space, exact samples and log Z known."""
-
-    name = "harmonic_cluster"
-
-    def __init__(self, n_particles: int = 3, spatial_dim: int = 2, k: float = 0.5) -> None:
-        super().__init__(n_particles, spatial_dim)
-        self.k = k
-        self.log_z = 0.5 * self.com_free_dim * math.log(2 * math.pi / (k * n_particles))
-
-    def _energy(self, x):
-        p = self.as_particles(x)
-        diff = p[:, :, None, :] - p[:, None, :, :]
-        return 0.25 * self.k * (diff * diff).sum(dim=(1, 2, 3))
-
-    def _sample_exact(self, n, generator):
-        eps = torch.randn(n, self.dim, generator=generator, dtype=F64)
-        return self.remove_com(eps) / math.sqrt(self.k * self.n_particles)
 
 
 def small_net(system, channels: int = 4) -> E3NNControl:

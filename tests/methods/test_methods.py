@@ -12,57 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from methods_testlib import HarmonicCluster, ShiftedMixture
 from torch import nn
 
 from physsample.errors import ConfigError
 from physsample.methods import DDS, DIS, LRDS, PIS, DiffusionSampler, SamplerFileError
 from physsample.nets import FourierMLP
 from physsample.samples import Samples
-from physsample.systems import ParticleSystem
 from physsample.systems.gaussian_mixture import GaussianMixture
 
 METHODS = {"pis": PIS, "dds": DDS, "dis": DIS}
 FAST = dict(device="cpu", progress=False, hidden=32, n_layers=2)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small networks are much faster, and reproducible, on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class ShiftedMixture(GaussianMixture):
-    """A 2-D two-component Gaussian mixture times e^1.7: log Z = 1.7."""
-
-    name = "shifted_mixture"
-
-    def __init__(self) -> None:
-        means = torch.tensor([[-1.0, 0.5], [1.5, -0.5]])
-        variances = torch.tensor([[0.4, 0.3], [0.3, 0.5]])
-        super().__init__(means, variances, torch.tensor([0.3, 0.7]))
-        self.log_z = 1.7
-
-    def _energy(self, x):
-        return super()._energy(x) - 1.7
-
-
-class HarmonicCluster(ParticleSystem):
-    """U = k/2 sum_{i<j} |x_i - x_j|^2 = k n |x|^2 / 2 on the CoM-free space."""
-
-    name = "harmonic_cluster"
-
-    def __init__(self, n_particles: int = 3, spatial_dim: int = 2, k: float = 0.5) -> None:
-        super().__init__(n_particles, spatial_dim)
-        self.k = k
-        self.log_z = 0.5 * self.com_free_dim * math.log(2 * math.pi / (k * n_particles))
-
-    def _energy(self, x):
-        p = self.as_particles(x)
-        diff = p[:, :, None, :] - p[:, None, :, :]
-        return 0.25 * self.k * (diff * diff).sum(dim=(1, 2, 3))
 
 
 class HalfPlane(GaussianMixture):
